@@ -1,0 +1,7 @@
+"""``python -m cyclegan <command>``, the same as the ``cyclegan`` command."""
+
+import sys
+
+from cyclegan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,401 @@
+"""Folders of images -> tensors: dataset layouts, decoding, the reference transform, a scan for
+bad files, and the built-in demo data.
+
+Two layouts are read, for the split ``mode`` (``train`` or ``test``):
+
+- the reference layout: ``root/train/A``, ``root/train/B``, ``root/test/A``, ``root/test/B``;
+- the official CycleGAN layout: ``root/trainA``, ``root/trainB``, ``root/testA``, ``root/testB``.
+
+Image files are found by extension in any case (.jpg .jpeg .png .bmp .webp .tif .tiff). Grey,
+palette, RGBA, CMYK and 16-bit images are converted to RGB, or to one grey channel when
+``channels=1``. All randomness (crops, flips, the unaligned B image) draws from torch's
+generator, which the DataLoader seeds per worker.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch.utils.data import Dataset
+
+from cyclegan.errors import CycleGANError
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "ImageDataset",
+    "Compose",
+    "ResizeCover",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "ToTensor",
+    "Normalize",
+    "reference_transforms",
+    "test_transforms",
+    "find_domain_dirs",
+    "list_images",
+    "load_image",
+    "scan_images",
+    "DemoScenes",
+    "write_demo_dataset",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and decoding files
+
+
+def find_domain_dirs(root: str | os.PathLike[str], mode: str = "train") -> tuple[Path, Path]:
+    """The folders of domains A and B of split ``mode`` under ``root``, in either layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CycleGANError(
+            f"dataset folder {root} does not exist: give the folder that holds {mode}/A and {mode}/B "
+            f"(or {mode}A and {mode}B) with --dataroot, or put the data under data/<dataset_name>"
+        )
+    for a, b in ((root / mode / "A", root / mode / "B"), (root / f"{mode}A", root / f"{mode}B")):
+        if a.is_dir() or b.is_dir():
+            for folder in (a, b):
+                if not folder.is_dir():
+                    raise CycleGANError(f"dataset folder {folder} is missing: put the images of that domain there")
+            return a, b
+    raise CycleGANError(
+        f"dataset folder {root} has no {mode} split: expected {root / mode / 'A'} and {root / mode / 'B'} "
+        f"(reference layout) or {root / (mode + 'A')} and {root / (mode + 'B')} (official layout)"
+    )
+
+
+def has_split(root: str | os.PathLike[str], mode: str) -> bool:
+    """Whether ``root`` holds split ``mode`` in either layout."""
+    root = Path(root)
+    return (root / mode / "A").is_dir() or (root / f"{mode}A").is_dir()
+
+
+def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name; extensions match in any case."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    if not files:
+        raise CycleGANError(
+            f"{folder} holds no image files: put images there ({', '.join(IMG_EXTENSIONS)}, any case)"
+        )
+    return files
+
+
+def _to_8bit_grey(img: Image.Image) -> Image.Image:
+    """A single-channel image of more than 8 bits (modes I, I;16*, F) as 8-bit grey."""
+    array = np.asarray(img)
+    if img.mode == "F":
+        top = 1.0 if float(array.max(initial=0.0)) <= 1.0 else 255.0
+    else:
+        top = 255.0 if int(array.max(initial=0)) <= 255 else 65535.0
+    scaled = np.clip(array.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
+    return Image.fromarray(scaled, mode="L")
+
+
+def convert_image(img: Image.Image, channels: int = 3) -> Image.Image:
+    """``img`` as RGB (``channels=3``) or 8-bit grey (``channels=1``), whatever its mode."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = _to_8bit_grey(img)
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    target = "RGB" if channels == 3 else "L"
+    if img.mode != target:
+        img = img.convert(target)  # alpha is dropped, as the official code does
+    return img
+
+
+def load_image(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
+    """Open and decode ``path`` fully, converted for ``channels``."""
+    with Image.open(path) as img:
+        img.load()
+        return convert_image(img, channels)
+
+
+def _check_one(path: Path) -> str | None:
+    """Why ``path`` cannot be used, or None when it decodes."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        with Image.open(path) as img:
+            if img.width * img.height > Image.MAX_IMAGE_PIXELS:
+                return (
+                    f"{img.width}x{img.height} pixels, over Pillow's decompression-bomb limit "
+                    f"of {Image.MAX_IMAGE_PIXELS}"
+                )
+            img.load()
+    except Image.DecompressionBombError as exc:
+        return f"over Pillow's decompression-bomb limit ({exc})"
+    except Exception as exc:  # noqa: BLE001 - any decoder failure makes the file unusable
+        message = str(exc) or type(exc).__name__
+        if "cannot identify image file" in message:
+            return "not an image Pillow can read"
+        if "truncated" in message.lower() or "broken data stream" in message.lower():
+            return "truncated image data"
+        return message
+    return None
+
+
+def scan_images(paths: Sequence[Path], workers: int = 4, progress: bool = False) -> list[tuple[Path, str]]:
+    """Open and decode every file; return ``(path, reason)`` for each one that fails."""
+    from tqdm import tqdm
+
+    problems: list[tuple[Path, str]] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = pool.map(_check_one, paths)
+            for path, reason in tqdm(
+                zip(paths, results), total=len(paths), desc="checking images", unit="img",
+                disable=not progress, leave=False,
+            ):
+                if reason is not None:
+                    problems.append((path, reason))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms (Pillow image -> tensor), written without torchvision
+
+
+class Compose:
+    """Apply callables in order."""
+
+    def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, x: Any) -> Any:
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class ResizeCover:
+    """Resize, keeping the aspect ratio, to the smallest size that covers ``height`` x ``width``.
+
+    For a square target this is torchvision's ``Resize(size)``: the shorter side becomes
+    ``size`` and the longer one ``int(size * long / short)``.
+    """
+
+    def __init__(self, height: int, width: int, resample: int = Image.BICUBIC) -> None:
+        self.height, self.width, self.resample = int(height), int(width), resample
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        if self.height / h >= self.width / w:
+            new_h, new_w = self.height, max(self.width, int(self.height * w / h))
+        else:
+            new_w, new_h = self.width, max(self.height, int(self.width * h / w))
+        if (new_w, new_h) == (w, h):
+            return img
+        return img.resize((new_w, new_h), self.resample)
+
+
+class RandomCrop:
+    """Crop a random ``height`` x ``width`` window (the image must be at least that large)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height, self.width = int(height), int(width)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        if h < self.height or w < self.width:
+            raise ValueError(f"image of {w}x{h} is smaller than the crop {self.width}x{self.height}")
+        top = int(torch.randint(0, h - self.height + 1, (1,)).item())
+        left = int(torch.randint(0, w - self.width + 1, (1,)).item())
+        return img.crop((left, top, left + self.width, top + self.height))
+
+
+class CenterCrop(RandomCrop):
+    """Crop the central ``height`` x ``width`` window."""
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        top, left = (h - self.height) // 2, (w - self.width) // 2
+        return img.crop((left, top, left + self.width, top + self.height))
+
+
+class RandomHorizontalFlip:
+    """Mirror left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()).item() < self.p:
+            return img.transpose(Image.FLIP_LEFT_RIGHT)
+        return img
+
+
+class ToTensor:
+    """8-bit Pillow image -> float tensor ``(C, H, W)`` in [0, 1]."""
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        array = np.asarray(img, dtype=np.uint8)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        return torch.from_numpy(array.transpose(2, 0, 1).copy()).float().div_(255.0)
+
+
+class Normalize:
+    """``(x - mean) / std`` per channel; with 0.5 and 0.5, [0, 1] -> [-1, 1]."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def reference_transforms(height: int, width: int, channels: int = 3) -> list[Callable[[Any], Any]]:
+    """The reference's training transform: resize to 1.12x (bicubic), random crop, random flip, [-1, 1]."""
+    return [
+        ResizeCover(int(height * 1.12), int(width * 1.12), Image.BICUBIC),
+        RandomCrop(height, width),
+        RandomHorizontalFlip(),
+        ToTensor(),
+        Normalize((0.5,) * channels, (0.5,) * channels),
+    ]
+
+
+def test_transforms(height: int, width: int, channels: int = 3) -> list[Callable[[Any], Any]]:
+    """For sample grids and evaluation: resize to cover the training size, centre crop, [-1, 1]."""
+    return [
+        ResizeCover(height, width, Image.BICUBIC),
+        CenterCrop(height, width),
+        ToTensor(),
+        Normalize((0.5,) * channels, (0.5,) * channels),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset
+
+
+class ImageDataset(Dataset):
+    """Unpaired images of two domains: item ``i`` is image ``i`` of A and, when ``unaligned``, a
+    random image of B (else image ``i`` of B); the length is that of the larger domain.
+
+    Items are dicts ``{"A": tensor, "B": tensor, "A_path": str, "B_path": str}``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        transforms_: Sequence[Callable[[Any], Any]] | Callable[[Any], Any] | None = None,
+        unaligned: bool = False,
+        mode: str = "train",
+        channels: int = 3,
+    ) -> None:
+        if channels not in (1, 3):
+            raise CycleGANError(f"--channels must be 1 or 3, got {channels}")
+        if transforms_ is None:
+            transforms_ = [ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)]
+        self.transform = Compose(transforms_) if isinstance(transforms_, (list, tuple)) else transforms_
+        self.unaligned = unaligned
+        self.mode = mode
+        self.channels = channels
+        self.dir_A, self.dir_B = find_domain_dirs(root, mode)
+        self.files_A = list_images(self.dir_A)
+        self.files_B = list_images(self.dir_B)
+
+    def __len__(self) -> int:
+        return max(len(self.files_A), len(self.files_B))
+
+    def exclude(self, bad: set[Path]) -> None:
+        """Leave out the files in ``bad``."""
+        self.files_A = [p for p in self.files_A if p not in bad]
+        self.files_B = [p for p in self.files_B if p not in bad]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path_A = self.files_A[index % len(self.files_A)]
+        if self.unaligned:
+            path_B = self.files_B[int(torch.randint(0, len(self.files_B), (1,)).item())]
+        else:
+            path_B = self.files_B[index % len(self.files_B)]
+        item_A = self.transform(load_image(path_A, self.channels))
+        item_B = self.transform(load_image(path_B, self.channels))
+        return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in demo data
+
+
+@dataclass(frozen=True)
+class DemoScenes:
+    """Procedural scenes for the built-in demo, with a hidden mapping from domain A to domain B.
+
+    Domain A: one to three shapes (disc, square, triangle) of random colours over a dark blue
+    background with a soft gradient. Domain B: the photographic negative of such scenes
+    (``b = 1 - a`` on [0, 1], ``-a`` on [-1, 1]): a light orange background, shapes in the
+    complementary colours. Training sees unrelated scenes in A and B; the test split pairs each
+    A with its true B, so a trained G_AB can be scored against the truth.
+    """
+
+    size: int = 32
+
+    BACKGROUND = (24, 48, 110)
+    PALETTE = ((235, 45, 45), (250, 215, 40), (70, 210, 90))
+
+    @staticmethod
+    def mapping(a: np.ndarray) -> np.ndarray:
+        """The hidden mapping A -> B on uint8 arrays."""
+        return 255 - a
+
+    def scene(self, rng: np.random.Generator) -> np.ndarray:
+        """One domain-A scene as a ``(size, size, 3)`` uint8 array."""
+        s = self.size
+        scale = 4  # draw large, then downsample, for anti-aliased edges
+        canvas = Image.new("RGB", (s * scale, s * scale), self.BACKGROUND)
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(int(rng.integers(1, 4))):
+            r = rng.uniform(0.12, 0.28) * s * scale
+            cx, cy = rng.uniform(r, s * scale - r, 2)
+            kind = int(rng.integers(0, 3))
+            colour = self.PALETTE[kind]
+            if kind == 0:
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
+            elif kind == 1:
+                draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=colour)
+            else:
+                draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=colour)
+        return np.asarray(canvas.resize((s, s), Image.LANCZOS), dtype=np.uint8)
+
+
+def write_demo_dataset(
+    root: str | os.PathLike[str], n_train: int = 200, n_test: int = 16, size: int = 32, seed: int = 0
+) -> Path:
+    """Write the demo data in the reference layout under ``root`` and return ``root``.
+
+    ``train/A`` and ``train/B`` hold ``n_train`` unrelated scenes each; ``test/A`` and ``test/B``
+    hold ``n_test`` pairs (``test/B/k.png`` is the true translation of ``test/A/k.png``). The same
+    seed writes the same files.
+    """
+    root = Path(root)
+    scenes = DemoScenes(size)
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", n_train), ("test", n_test)):
+        for domain in ("A", "B"):
+            (root / split / domain).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            a = scenes.scene(rng)
+            if split == "train":
+                b = scenes.mapping(scenes.scene(rng))  # an unrelated scene: the data are unpaired
+            else:
+                b = scenes.mapping(a)
+            Image.fromarray(a).save(root / split / "A" / f"{k:04d}.png")
+            Image.fromarray(b).save(root / split / "B" / f"{k:04d}.png")
+    return root

@@ -1,0 +1,172 @@
+"""Small shared helpers: the replay buffer of past fakes, the linear-decay LR rule, image grids,
+seeding and atomic file writes."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "ReplayBuffer",
+    "LambdaLR",
+    "make_grid",
+    "tensor_to_image",
+    "save_image",
+    "seed_everything",
+    "atomic_write",
+    "psnr",
+]
+
+
+class ReplayBuffer:
+    """A pool of past generated images, shown to the discriminator instead of only the newest.
+
+    ``push_and_pop(batch)`` goes image by image: while fewer than ``max_size`` images are
+    stored, the image is stored and returned; once full, with probability 1/2 a random stored
+    image is returned (a copy) and the new one takes its place, otherwise the new image is
+    returned. Stored images are detached copies on the images' device.
+
+    ``rng`` is anything with ``uniform`` and ``randint`` (a ``random.Random``, or the ``random``
+    module itself to draw exactly as the reference code does); by default the buffer owns a
+    ``random.Random`` seeded from the ``random`` module, so ``random.seed`` makes it repeatable.
+    """
+
+    def __init__(self, max_size: int = 50, rng: Any = None) -> None:
+        if max_size <= 0:
+            raise ValueError(f"ReplayBuffer max_size must be > 0, got {max_size}")
+        self.max_size = int(max_size)
+        self.data: list[torch.Tensor] = []
+        self.rng = rng if rng is not None else random.Random(random.getrandbits(64))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def push_and_pop(self, data: torch.Tensor) -> torch.Tensor:
+        to_return = []
+        for element in data.detach():
+            element = element.unsqueeze(0).clone()
+            if len(self.data) < self.max_size:
+                self.data.append(element)
+                to_return.append(element)
+            elif self.rng.uniform(0, 1) > 0.5:
+                i = self.rng.randint(0, self.max_size - 1)
+                to_return.append(self.data[i].clone())
+                self.data[i] = element
+            else:
+                to_return.append(element)
+        return torch.cat(to_return)
+
+
+class LambdaLR:
+    """The reference's LR multiplier: 1 until ``decay_start_epoch``, then linear to 0 at ``n_epochs``.
+
+    Use as ``torch.optim.lr_scheduler.LambdaLR(optimizer, LambdaLR(n_epochs, offset, decay).step)``,
+    stepped once per epoch; ``offset`` is the epoch training starts from, so a restarted run
+    continues the schedule where it was.
+    """
+
+    def __init__(self, n_epochs: int, offset: int, decay_start_epoch: int) -> None:
+        if n_epochs - decay_start_epoch <= 0:
+            raise ValueError(
+                f"decay must start before training ends: decay_start_epoch={decay_start_epoch} "
+                f"is not below n_epochs={n_epochs}"
+            )
+        self.n_epochs = n_epochs
+        self.offset = offset
+        self.decay_start_epoch = decay_start_epoch
+
+    def step(self, epoch: int) -> float:
+        return 1.0 - max(0, epoch + self.offset - self.decay_start_epoch) / (
+            self.n_epochs - self.decay_start_epoch
+        )
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
+    """Tile a batch ``(N, C, H, W)`` into one image ``(C, H', W')``, ``nrow`` images per row."""
+    if images.dim() != 4:
+        raise ValueError(f"make_grid expects a batch (N, C, H, W), got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    ncol = min(nrow, n)
+    nrows = math.ceil(n / ncol)
+    grid = images.new_full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[k]
+    return grid
+
+
+def tensor_to_image(image: torch.Tensor) -> Image.Image:
+    """A ``(C, H, W)`` tensor in [-1, 1] (C = 1 or 3) as an 8-bit Pillow image."""
+    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    array_np = array.permute(1, 2, 0).numpy()
+    if array_np.shape[2] == 1:
+        return Image.fromarray(array_np[:, :, 0], mode="L")
+    return Image.fromarray(array_np, mode="RGB")
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write a ``(C, H, W)`` tensor in [-1, 1] to ``path`` atomically; the format follows the suffix."""
+    path = Path(path)
+    pil = tensor_to_image(image)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the image format of {path}: use .png, .jpg or .webp")
+    with atomic_write(path) as f:
+        pil.save(f, format=fmt)
+
+
+def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of each image of a batch in [-1, 1] against its target."""
+    mse = ((images.float() - targets.float()) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success flush, fsync and rename it over ``path``.
+
+    A process that dies mid-write leaves at most a ``.tmp`` file, never a half-written ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
