@@ -1,9 +1,9 @@
 """The built-in demo: train on procedural data whose A -> B mapping is known, then score G_AB.
 
-    cyclegan demo [--output runs/demo] [--n_epochs 5]
+    cyclegan demo [--output runs/demo] [--n_epochs 3]
 
-The data (``datasets.DemoScenes``): domain A holds red discs, yellow squares and green triangles
-on a dark blue ground; domain B holds photographic negatives of such scenes. Training sees
+The data (``datasets.DemoScenes``): domain A holds soft cream discs, squares and triangles on a
+dark blue ground; domain B holds photographic negatives of such scenes. Training sees
 unrelated scenes in each domain. The test split pairs each A with its true B, so the demo ends by
 printing the PSNR of G_AB(test A) against the truth next to two baselines that learn nothing:
 the input itself (identity) and the average training image of B. Results also go to
@@ -43,13 +43,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--output", default="runs/demo", help="run folder (replaced if it holds an earlier demo)")
-    p.add_argument("--n_epochs", type=int, default=5, help="epochs of 200 batches each")
+    p.add_argument("--n_epochs", type=int, default=3,
+                   help="epochs of 200 batches each; the learning rate decays linearly over the second half")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     return p
 
 
-def demo_config(output: str, n_epochs: int = 5, device: str = "auto", seed: int = 0) -> TrainConfig:
+def demo_config(output: str, n_epochs: int = 3, device: str = "auto", seed: int = 0) -> TrainConfig:
     """The demo's settings: the reference's, at 32x32, with 3 residual blocks and no identity loss.
 
     The identity loss asks G_AB to leave B images unchanged, which the paper uses to keep a
@@ -58,7 +59,7 @@ def demo_config(output: str, n_epochs: int = 5, device: str = "auto", seed: int 
     return TrainConfig(
         dataset_name=DEMO_DATASET,
         n_epochs=n_epochs,
-        decay_epoch=max(0, n_epochs - max(1, n_epochs // 2)),
+        decay_epoch=n_epochs // 2,
         img_height=32,
         img_width=32,
         n_residual_blocks=3,

@@ -283,31 +283,42 @@ class RunData:
     demo: bool
 
 
-def resolve_data(config: TrainConfig, dataset_name_given: bool, run_dir: Path) -> RunData:
-    """Find the dataset (or plan the demo data), list and check every image before any training."""
-    demo = False
+def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None:
+    """The dataset folder the flags name, or None for the built-in demo data.
+
+    The demo data are used for ``--dataset_name demo``, and when neither ``--dataroot`` nor
+    ``--dataset_name`` is given and the reference's default ``data/monet2photo`` does not exist.
+    """
     if config.dataroot is not None:
         root = Path(config.dataroot)
-        flag = f"--dataroot {root}"
-    elif config.dataset_name == DEMO_DATASET:
-        demo = True
-    else:
-        root = Path("data") / config.dataset_name
-        flag = f"--dataset_name {config.dataset_name} (looked in {root})"
-        if not root.exists() and not dataset_name_given:
-            log.info("no dataset given and %s does not exist: training on the built-in demo data", root)
-            demo = True
-            config.dataset_name = DEMO_DATASET
-    if demo:
+        if not root.exists():
+            raise CycleGANError(
+                f"--dataroot {root}: the folder does not exist; give the folder that holds train/A and "
+                "train/B (or trainA and trainB)"
+            )
+        return root
+    if config.dataset_name == DEMO_DATASET:
+        return None
+    root = Path("data") / config.dataset_name
+    if root.exists():
+        return root
+    if not dataset_name_given:
+        log.info("no dataset given and %s does not exist: training on the built-in demo data", root)
+        config.dataset_name = DEMO_DATASET
+        return None
+    raise CycleGANError(
+        f"--dataset_name {config.dataset_name}: {root} does not exist; put the dataset there "
+        "(train/A and train/B, or trainA and trainB) or give its folder with --dataroot"
+    )
+
+
+def resolve_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunData:
+    """Open the dataset (writing the demo data when ``root`` is None) and check every image."""
+    demo = root is None
+    if root is None:
         root = run_dir / "demo_data"
         if not datasets.has_split(root, "train"):
             datasets.write_demo_dataset(root, size=max(config.img_height, config.img_width))
-        flag = "the built-in demo data"
-    if not root.exists():
-        raise CycleGANError(
-            f"dataset folder {root} does not exist ({flag}): give the folder that holds train/A and train/B "
-            "(or trainA and trainB) with --dataroot"
-        )
     shape = (config.img_height, config.img_width, config.channels)
     train_set = datasets.ImageDataset(
         root, datasets.reference_transforms(*shape), unaligned=True, mode="train", channels=config.channels
@@ -358,7 +369,7 @@ class Progress:
     def update(self, i: int, losses: dict[str, float], img_per_s: float, eta_s: float) -> None:
         text = (
             f"D {losses['D']:.4f} G {losses['G']:.4f} adv {losses['adv']:.4f} "
-            f"cycle {losses['cycle']:.4f} identity {losses['identity']:.4f} | {img_per_s:.1f} img/s"
+            f"cycle {losses['cycle']:.4f} identity {losses['identity']:.4f} | {img_per_s:.3g} img/s"
         )
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text} | ETA {format_eta(eta_s)}", refresh=False)
@@ -394,9 +405,10 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
     """Train as the config says; returns the run folder."""
     validate(config)
     device = resolve_device(config.device)
+    data_root = choose_dataset(config, dataset_name_given)
     run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
     prepare_run_dir(config, run_dir)
-    start_states = None
+    start_states, start_from = None, None
     if config.epoch > 0:
         ckpt = checkpoint_path(run_dir, config.epoch)
         if not ckpt.is_file():
@@ -405,8 +417,9 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
                 f"--epoch {config.epoch}: no checkpoint {ckpt} (epochs saved in {run_dir}: {saved})"
             )
         start_states, _ = load_checkpoint(ckpt)
+        start_from = ckpt
 
-    data = resolve_data(config, dataset_name_given, run_dir)
+    data = resolve_data(config, data_root, run_dir)
     if config.seed is None:
         config.seed = random.SystemRandom().randrange(2**31)
     seed_everything(config.seed)
@@ -443,6 +456,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
         data.root, len(data.train.files_A), len(data.train.files_B), device, run_dir, config.seed,
     )
 
+    if start_from is not None:
+        log.info("starting from %s (epoch %d of %d)", start_from, config.epoch + 1, config.n_epochs)
     n_batches = len(loader)
     total_batches = (config.n_epochs - config.epoch) * n_batches
     done_batches = 0
