@@ -15,7 +15,8 @@ from conftest import SMALL_RUN, run_cli, write_images
 from PIL import Image
 
 from cyclegan.checkpoint import NETWORK_NAMES, load_checkpoint
-from cyclegan.train import TrainConfig, build_networks, build_optimizers, get_args_parser, train_step
+from cyclegan.options import parse_config
+from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step
 from cyclegan.utils import ReplayBuffer
 from tests_flags import REFERENCE_FLAGS
 
@@ -26,9 +27,12 @@ LOSS_LINE = re.compile(
 
 
 def test_every_reference_flag_with_its_default():
-    args = get_args_parser().parse_args([])
+    config, explicit, _ = parse_config([])
+    assert explicit == {"upsample", "netD"}  # set by the default --arch reference preset
     for name, default in REFERENCE_FLAGS.items():
-        assert getattr(args, name) == default, name
+        assert getattr(config, name) == default, name
+    given, _, _ = parse_config([f"--{k}={v}" for k, v in {"n_epochs": 7, "lr": 0.1, "img_height": 32}.items()])
+    assert (given.n_epochs, given.lr, given.img_height) == (7, 0.1, 32)
 
 
 def test_a_step_updates_all_four_networks_and_returns_finite_losses():

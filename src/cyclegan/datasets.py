@@ -14,6 +14,7 @@ generator, which the DataLoader seeds per worker.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import warnings
@@ -123,8 +124,8 @@ def load_image(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
         return convert_image(img, channels)
 
 
-def _check_one(path: Path) -> str | None:
-    """Why ``path`` cannot be used, or None when it decodes."""
+def _check_one(path: Path, min_size: tuple[int, int] | None = None) -> str | None:
+    """Why ``path`` cannot be used, or None when it decodes (and is at least ``min_size`` = (w, h))."""
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"
@@ -135,6 +136,8 @@ def _check_one(path: Path) -> str | None:
                     f"of {Image.MAX_IMAGE_PIXELS}"
                 )
             img.load()
+            if min_size is not None and (img.width < min_size[0] or img.height < min_size[1]):
+                return f"{img.width}x{img.height} pixels, smaller than the crop {min_size[0]}x{min_size[1]}"
     except Image.DecompressionBombError as exc:
         return f"over Pillow's decompression-bomb limit ({exc})"
     except Exception as exc:  # noqa: BLE001 - any decoder failure makes the file unusable
@@ -147,15 +150,18 @@ def _check_one(path: Path) -> str | None:
     return None
 
 
-def scan_images(paths: Sequence[Path], workers: int = 4, progress: bool = False) -> list[tuple[Path, str]]:
-    """Open and decode every file; return ``(path, reason)`` for each one that fails."""
+def scan_images(
+    paths: Sequence[Path], workers: int = 4, progress: bool = False, min_size: tuple[int, int] | None = None
+) -> list[tuple[Path, str]]:
+    """Open and decode every file; return ``(path, reason)`` for each one that fails (or, with
+    ``min_size`` = (width, height), is smaller)."""
     from tqdm import tqdm
 
     problems: list[tuple[Path, str]] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = pool.map(_check_one, paths)
+            results = pool.map(functools.partial(_check_one, min_size=min_size), paths)
             for path, reason in tqdm(
                 zip(paths, results), total=len(paths), desc="checking images", unit="img",
                 disable=not progress, leave=False,
@@ -261,13 +267,77 @@ class Normalize:
 
 def reference_transforms(height: int, width: int, channels: int = 3) -> list[Callable[[Any], Any]]:
     """The reference's training transform: resize to 1.12x (bicubic), random crop, random flip, [-1, 1]."""
-    return [
-        ResizeCover(int(height * 1.12), int(width * 1.12), Image.BICUBIC),
-        RandomCrop(height, width),
-        RandomHorizontalFlip(),
-        ToTensor(),
-        Normalize((0.5,) * channels, (0.5,) * channels),
-    ]
+    return build_transforms("reference", height, width, channels=channels)
+
+
+class Resize:
+    """Resize to exactly ``width`` x ``height`` (bicubic): the official ``resize`` step."""
+
+    def __init__(self, height: int, width: int, resample: int = Image.BICUBIC) -> None:
+        self.height, self.width, self.resample = int(height), int(width), resample
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if img.size == (self.width, self.height):
+            return img
+        return img.resize((self.width, self.height), self.resample)
+
+
+class ScaleWidth:
+    """The official ``scale_width``: width to ``target``, height keeping the aspect ratio but at
+    least ``min_height``; here the height is also rounded to a multiple of 4 so that the
+    generator gives back the size it was given."""
+
+    def __init__(self, target: int, min_height: int) -> None:
+        self.target, self.min_height = int(target), int(min_height)
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        new_h = max(int(self.target * h / w), self.min_height)
+        new_h = max(4, round(new_h / 4) * 4)
+        if (w, h) == (self.target, new_h):
+            return img
+        return img.resize((self.target, new_h), Image.BICUBIC)
+
+
+class MakeMultiple:
+    """The official ``none`` preprocessing: round each side to the nearest multiple of ``base``."""
+
+    def __init__(self, base: int = 4) -> None:
+        self.base = base
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        w, h = img.size
+        new = (max(self.base, round(w / self.base) * self.base), max(self.base, round(h / self.base) * self.base))
+        return img if new == (w, h) else img.resize(new, Image.BICUBIC)
+
+
+def build_transforms(
+    preprocess: str, height: int, width: int, load_size: int | None = None, flip: bool = True, channels: int = 3
+) -> list[Callable[[Any], Any]]:
+    """The training transform for a ``--preprocess`` mode (see ``options.PREPROCESS_MODES``).
+
+    ``reference`` is the reference design's (``reference_transforms``); the others are the
+    official repository's, with ``load_size`` its resize size (default 1.12x the crop).
+    """
+    load = load_size or int(max(height, width) * 1.12)
+    steps: list[Callable[[Any], Any]]
+    if preprocess == "reference":
+        steps = [ResizeCover(int(height * 1.12), int(width * 1.12), Image.BICUBIC), RandomCrop(height, width)]
+    elif preprocess == "resize_and_crop":
+        steps = [Resize(load, load), RandomCrop(height, width)]
+    elif preprocess == "crop":
+        steps = [RandomCrop(height, width)]
+    elif preprocess == "scale_width":
+        steps = [ScaleWidth(load, height)]
+    elif preprocess == "scale_width_and_crop":
+        steps = [ScaleWidth(load, height), RandomCrop(height, width)]
+    elif preprocess == "none":
+        steps = [MakeMultiple(4)]
+    else:
+        raise ValueError(f"unknown preprocess mode {preprocess!r}")
+    if flip:
+        steps.append(RandomHorizontalFlip())
+    return steps + [ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)]
 
 
 def test_transforms(height: int, width: int, channels: int = 3) -> list[Callable[[Any], Any]]:
@@ -289,6 +359,11 @@ class ImageDataset(Dataset):
     random image of B (else image ``i`` of B); the length is that of the larger domain.
 
     Items are dicts ``{"A": tensor, "B": tensor, "A_path": str, "B_path": str}``.
+
+    Beyond the reference's arguments: ``channels`` (of A, and of B unless ``channels_B`` is
+    given), ``direction="BtoA"`` to swap the domains, and ``max_dataset_size`` to keep only the
+    first images of each domain by name. ``transforms_`` is a list of callables (composed) or
+    one callable; its last steps must give a tensor for the image's channel count.
     """
 
     def __init__(
@@ -298,18 +373,41 @@ class ImageDataset(Dataset):
         unaligned: bool = False,
         mode: str = "train",
         channels: int = 3,
+        *,
+        channels_B: int | None = None,
+        direction: str = "AtoB",
+        max_dataset_size: int | None = None,
     ) -> None:
-        if channels not in (1, 3):
-            raise CycleGANError(f"--channels must be 1 or 3, got {channels}")
-        if transforms_ is None:
-            transforms_ = [ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)]
-        self.transform = Compose(transforms_) if isinstance(transforms_, (list, tuple)) else transforms_
+        channels_B = channels if channels_B is None else channels_B
+        for c in (channels, channels_B):
+            if c not in (1, 3):
+                raise CycleGANError(f"--channels must be 1 or 3, got {c}")
+        self.transform_A, self.transform_B = (
+            self._compose(transforms_, c) for c in (channels, channels_B)
+        )
+        self.transform = self.transform_A
         self.unaligned = unaligned
         self.mode = mode
-        self.channels = channels
-        self.dir_A, self.dir_B = find_domain_dirs(root, mode)
-        self.files_A = list_images(self.dir_A)
-        self.files_B = list_images(self.dir_B)
+        self.channels, self.channels_B = channels, channels_B
+        dir_A, dir_B = find_domain_dirs(root, mode)
+        if direction == "BtoA":
+            dir_A, dir_B = dir_B, dir_A
+        elif direction != "AtoB":
+            raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
+        self.dir_A, self.dir_B = dir_A, dir_B
+        self.files_A = list_images(self.dir_A)[:max_dataset_size]
+        self.files_B = list_images(self.dir_B)[:max_dataset_size]
+
+    @staticmethod
+    def _compose(transforms_: Any, channels: int) -> Callable[[Any], Any]:
+        if transforms_ is None:
+            return Compose([ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)])
+        if isinstance(transforms_, (list, tuple)):
+            steps = list(transforms_)
+            if steps and isinstance(steps[-1], Normalize) and steps[-1].mean.numel() != channels:
+                steps[-1] = Normalize((0.5,) * channels, (0.5,) * channels)
+            return Compose(steps)
+        return transforms_
 
     def __len__(self) -> int:
         return max(len(self.files_A), len(self.files_B))
@@ -325,8 +423,8 @@ class ImageDataset(Dataset):
             path_B = self.files_B[int(torch.randint(0, len(self.files_B), (1,)).item())]
         else:
             path_B = self.files_B[index % len(self.files_B)]
-        item_A = self.transform(load_image(path_A, self.channels))
-        item_B = self.transform(load_image(path_B, self.channels))
+        item_A = self.transform_A(load_image(path_A, self.channels))
+        item_B = self.transform_B(load_image(path_B, self.channels_B))
         return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
 
 

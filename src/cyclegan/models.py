@@ -1,19 +1,94 @@
-"""The networks of the reference design: a ResNet generator and a 70x70 PatchGAN discriminator.
+"""Networks only: the reference design's and the official CycleGAN repository's.
 
-Module structure and state-dict keys are those of the reference code (``model.N...`` and
-``model.N.block.M...``), so weights it saved load here with ``strict=True`` and give the same
+The reference design (PyTorch-GAN): ``GeneratorResNet``, ``ResidualBlock``, ``Discriminator``,
+``weights_init_normal``. Module structure and state-dict keys are the reference's (``model.N...``
+and ``model.N.block.M...``), so weights it saved load here with ``strict=True`` and give the same
 outputs. One bug of the reference is fixed: its 7x7 convolutions are padded by ``channels``
-instead of 3, which only works for 3-channel images; here they are padded by 3.
+instead of 3, which only works for 3-channel images; here they are padded by 3. The generator
+takes the official options too (``ngf``, ``norm``, ``use_dropout``, ``upsample``); with their
+defaults it is exactly the reference's.
+
+The official repository (junyanz/pytorch-CycleGAN-and-pix2pix): ``ResnetGenerator`` (transposed
+convolutions, ``model.N.conv_block.M`` keys), ``UnetGenerator``, ``NLayerDiscriminator``
+(``basic`` is 3 layers: the 70x70 PatchGAN) and ``PixelDiscriminator``, built with the same
+modules in the same order as there, so their parameter counts and keys are the official ones.
+``define_G`` and ``define_D`` build any of them by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ResidualBlock", "GeneratorResNet", "Discriminator", "weights_init_normal"]
+__all__ = [
+    "ResidualBlock",
+    "GeneratorResNet",
+    "Discriminator",
+    "weights_init_normal",
+    "ResnetBlock",
+    "ResnetGenerator",
+    "UnetSkipConnectionBlock",
+    "UnetGenerator",
+    "NLayerDiscriminator",
+    "PixelDiscriminator",
+    "get_norm_layer",
+    "init_weights",
+    "define_G",
+    "define_D",
+    "GENERATORS",
+    "DISCRIMINATORS",
+    "NORMS",
+    "INIT_TYPES",
+]
+
+GENERATORS = ("resnet", "unet_128", "unet_256")
+DISCRIMINATORS = ("reference", "basic", "n_layers", "pixel")
+NORMS = ("instance", "batch", "none")
+INIT_TYPES = ("normal", "xavier", "kaiming", "orthogonal")
+
+NormLayer = Callable[[int], nn.Module]
+
+
+def get_norm_layer(norm: str = "instance") -> NormLayer:
+    """The official norms: instance (no affine, no running stats), batch (affine, running stats), none."""
+    if norm == "instance":
+        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+    if norm == "batch":
+        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+    if norm == "none":
+        return lambda channels: nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}: use one of {', '.join(NORMS)}")
+
+
+def init_weights(net: nn.Module, init_type: str = "normal", init_gain: float = 0.02) -> nn.Module:
+    """The official initialisation: convolutions and linear layers by ``init_type`` (gain
+    ``init_gain``), biases 0, batch norms N(1, ``init_gain``). ``normal`` with gain 0.02 is the
+    reference's ``weights_init_normal``."""
+    if init_type not in INIT_TYPES:
+        raise ValueError(f"unknown init_type {init_type!r}: use one of {', '.join(INIT_TYPES)}")
+
+    def init_func(m: nn.Module) -> None:
+        classname = m.__class__.__name__
+        if hasattr(m, "weight") and ("Conv" in classname or "Linear" in classname):
+            if init_type == "normal":
+                nn.init.normal_(m.weight, 0.0, init_gain)
+            elif init_type == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=init_gain)
+            elif init_type == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            else:
+                nn.init.orthogonal_(m.weight, gain=init_gain)
+            if getattr(m, "bias", None) is not None:
+                nn.init.constant_(m.bias, 0.0)
+        elif "BatchNorm2d" in classname:
+            nn.init.normal_(m.weight, 1.0, init_gain)
+            nn.init.constant_(m.bias, 0.0)
+
+    net.apply(init_func)
+    return net
 
 
 def weights_init_normal(m: nn.Module) -> None:
@@ -31,23 +106,79 @@ def weights_init_normal(m: nn.Module) -> None:
         nn.init.constant_(m.bias, 0.0)
 
 
+def _residual_layers(dim: int, norm_layer: NormLayer, use_dropout: bool, use_bias: bool) -> list[nn.Module]:
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(1),
+        nn.Conv2d(dim, dim, 3, bias=use_bias),
+        norm_layer(dim),
+        nn.ReLU(inplace=True),
+    ]
+    if use_dropout:
+        layers.append(nn.Dropout(0.5))
+    layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim)]
+    return layers
+
+
 class ResidualBlock(nn.Module):
     """``x + block(x)`` with two reflection-padded 3x3 convolutions and instance norms."""
 
-    def __init__(self, in_features: int) -> None:
+    def __init__(
+        self, in_features: int, norm_layer: NormLayer = nn.InstanceNorm2d, use_dropout: bool = False,
+        use_bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(in_features, in_features, 3),
-            nn.InstanceNorm2d(in_features),
-            nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1),
-            nn.Conv2d(in_features, in_features, 3),
-            nn.InstanceNorm2d(in_features),
-        )
+        self.block = nn.Sequential(*_residual_layers(in_features, norm_layer, use_dropout, use_bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.block(x)
+
+
+class ResnetBlock(nn.Module):
+    """The official residual block: the same layers, named ``conv_block``."""
+
+    def __init__(self, dim: int, norm_layer: NormLayer, use_dropout: bool, use_bias: bool) -> None:
+        super().__init__()
+        self.conv_block = nn.Sequential(*_residual_layers(dim, norm_layer, use_dropout, use_bias))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv_block(x)
+
+
+def _resnet_layers(
+    in_channels: int, out_channels: int, n_blocks: int, ngf: int, norm_layer: NormLayer, use_dropout: bool,
+    use_bias: bool, upsample: str, block: Callable[..., nn.Module],
+) -> list[nn.Module]:
+    """c7s1-ngf, d(2 ngf), d(4 ngf), n_blocks x R(4 ngf), u(2 ngf), u(ngf), c7s1-out, tanh."""
+    if n_blocks < 0:
+        raise ValueError(f"the number of residual blocks must be >= 0, got {n_blocks}")
+    if upsample not in ("nearest", "transpose"):
+        raise ValueError(f"upsample must be 'nearest' or 'transpose', got {upsample!r}")
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3),
+        nn.Conv2d(in_channels, ngf, 7, bias=use_bias),
+        norm_layer(ngf),
+        nn.ReLU(inplace=True),
+    ]
+    features = ngf
+    for _ in range(2):  # downsampling
+        layers += [
+            nn.Conv2d(features, features * 2, 3, stride=2, padding=1, bias=use_bias),
+            norm_layer(features * 2),
+            nn.ReLU(inplace=True),
+        ]
+        features *= 2
+    layers += [block(features, norm_layer, use_dropout, use_bias) for _ in range(n_blocks)]
+    for _ in range(2):  # upsampling
+        if upsample == "nearest":
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(features, features // 2, 3, stride=1, padding=1,
+                                                              bias=use_bias)]
+        else:
+            layers.append(nn.ConvTranspose2d(features, features // 2, 3, stride=2, padding=1, output_padding=1,
+                                             bias=use_bias))
+        layers += [norm_layer(features // 2), nn.ReLU(inplace=True)]
+        features //= 2
+    layers += [nn.ReflectionPad2d(3), nn.Conv2d(features, out_channels, 7), nn.Tanh()]
+    return layers
 
 
 class GeneratorResNet(nn.Module):
@@ -55,42 +186,106 @@ class GeneratorResNet(nn.Module):
 
     ``input_shape`` is ``(channels, height, width)``; only the channel count shapes the network,
     which accepts any height and width divisible by 4 (two stride-2 downsamplings, then two
-    nearest-neighbour upsamplings).
+    nearest-neighbour upsamplings). The keyword options are the official ones; their defaults
+    give the reference network (``out_channels`` defaults to the input's channel count).
     """
 
-    def __init__(self, input_shape: Sequence[int], num_residual_blocks: int) -> None:
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_residual_blocks: int,
+        *,
+        ngf: int = 64,
+        norm: str = "instance",
+        use_dropout: bool = False,
+        upsample: str = "nearest",
+        out_channels: int | None = None,
+    ) -> None:
         super().__init__()
         channels = int(input_shape[0])
-        if num_residual_blocks < 0:
-            raise ValueError(f"num_residual_blocks must be >= 0, got {num_residual_blocks}")
-        out_features = 64
-        model: list[nn.Module] = [
-            nn.ReflectionPad2d(3),
-            nn.Conv2d(channels, out_features, 7),
-            nn.InstanceNorm2d(out_features),
-            nn.ReLU(inplace=True),
-        ]
-        in_features = out_features
-        for _ in range(2):  # downsampling
-            out_features *= 2
-            model += [
-                nn.Conv2d(in_features, out_features, 3, stride=2, padding=1),
-                nn.InstanceNorm2d(out_features),
-                nn.ReLU(inplace=True),
-            ]
-            in_features = out_features
-        model += [ResidualBlock(out_features) for _ in range(num_residual_blocks)]
-        for _ in range(2):  # upsampling
-            out_features //= 2
-            model += [
-                nn.Upsample(scale_factor=2),
-                nn.Conv2d(in_features, out_features, 3, stride=1, padding=1),
-                nn.InstanceNorm2d(out_features),
-                nn.ReLU(inplace=True),
-            ]
-            in_features = out_features
-        model += [nn.ReflectionPad2d(3), nn.Conv2d(out_features, channels, 7), nn.Tanh()]
+        # The reference keeps convolution biases with instance norm (affine-free), as here.
+        norm_layer = nn.InstanceNorm2d if norm == "instance" else get_norm_layer(norm)
+        self.model = nn.Sequential(*_resnet_layers(
+            channels, out_channels or channels, num_residual_blocks, ngf, norm_layer, use_dropout,
+            use_bias=norm != "batch", upsample=upsample, block=ResidualBlock,
+        ))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class ResnetGenerator(nn.Module):
+    """The official ResNet generator (``resnet_9blocks``, ``resnet_6blocks``): transposed-convolution
+    upsampling, convolution biases only when the norm is instance norm, ``conv_block`` keys."""
+
+    def __init__(
+        self, input_nc: int, output_nc: int, ngf: int = 64, norm: str = "instance", use_dropout: bool = False,
+        n_blocks: int = 9, upsample: str = "transpose",
+    ) -> None:
+        super().__init__()
+        self.model = nn.Sequential(*_resnet_layers(
+            input_nc, output_nc, n_blocks, ngf, get_norm_layer(norm), use_dropout,
+            use_bias=norm == "instance", upsample=upsample, block=ResnetBlock,
+        ))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class UnetSkipConnectionBlock(nn.Module):
+    """One level of the official U-Net: down, the inner levels, up, concatenated with the input."""
+
+    def __init__(
+        self, outer_nc: int, inner_nc: int, input_nc: int | None = None, submodule: nn.Module | None = None,
+        outermost: bool = False, innermost: bool = False, norm: str = "batch", use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        self.outermost = outermost
+        norm_layer = get_norm_layer(norm)
+        use_bias = norm == "instance"
+        input_nc = outer_nc if input_nc is None else input_nc
+        downconv = nn.Conv2d(input_nc, inner_nc, 4, stride=2, padding=1, bias=use_bias)
+        downrelu = nn.LeakyReLU(0.2, inplace=True)
+        uprelu = nn.ReLU(inplace=True)
+        if outermost:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, stride=2, padding=1)
+            model = [downconv, submodule, uprelu, upconv, nn.Tanh()]
+        elif innermost:
+            upconv = nn.ConvTranspose2d(inner_nc, outer_nc, 4, stride=2, padding=1, bias=use_bias)
+            model = [downrelu, downconv, uprelu, upconv, norm_layer(outer_nc)]
+        else:
+            upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, 4, stride=2, padding=1, bias=use_bias)
+            model = [downrelu, downconv, norm_layer(inner_nc), submodule, uprelu, upconv, norm_layer(outer_nc)]
+            if use_dropout:
+                model.append(nn.Dropout(0.5))
         self.model = nn.Sequential(*model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.outermost:
+            return self.model(x)
+        return torch.cat([x, self.model(x)], 1)
+
+
+class UnetGenerator(nn.Module):
+    """The official U-Net (``unet_128``: 7 downsamplings, ``unet_256``: 8); height and width must be
+    multiples of ``2 ** num_downs``."""
+
+    def __init__(
+        self, input_nc: int, output_nc: int, num_downs: int, ngf: int = 64, norm: str = "batch",
+        use_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_downs < 5:
+            raise ValueError(f"a U-Net needs at least 5 downsamplings, got {num_downs}")
+        self.num_downs = num_downs
+        block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, norm=norm, innermost=True)
+        for _ in range(num_downs - 5):
+            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm=norm, use_dropout=use_dropout)
+        block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm=norm)
+        block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm=norm)
+        block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm=norm)
+        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
+                                             norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -99,30 +294,36 @@ class GeneratorResNet(nn.Module):
 class Discriminator(nn.Module):
     """The reference PatchGAN: C64-C128-C256-C512 (stride 2), then a 1-channel 4x4 convolution.
 
+    The keyword options are the official ``ndf`` and ``norm``; their defaults give the reference's.
+
     ``output_shape`` is ``(1, height // 16, width // 16)``, the shape of one sample's output for
     the ``input_shape`` given; the loss targets are shaped by it. Inputs need height and width of
     at least 16.
     """
 
-    def __init__(self, input_shape: Sequence[int]) -> None:
+    def __init__(self, input_shape: Sequence[int], *, ndf: int = 64, norm: str = "instance") -> None:
         super().__init__()
         channels, height, width = (int(v) for v in input_shape)
         self.output_shape = self.output_shape_for(height, width)
+        norm_layer = nn.InstanceNorm2d if norm == "instance" else get_norm_layer(norm)
+        use_bias = norm != "batch"
 
         def discriminator_block(in_filters: int, out_filters: int, normalize: bool = True) -> list[nn.Module]:
-            layers: list[nn.Module] = [nn.Conv2d(in_filters, out_filters, 4, stride=2, padding=1)]
+            layers: list[nn.Module] = [
+                nn.Conv2d(in_filters, out_filters, 4, stride=2, padding=1, bias=use_bias or not normalize)
+            ]
             if normalize:
-                layers.append(nn.InstanceNorm2d(out_filters))
+                layers.append(norm_layer(out_filters))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             return layers
 
         self.model = nn.Sequential(
-            *discriminator_block(channels, 64, normalize=False),
-            *discriminator_block(64, 128),
-            *discriminator_block(128, 256),
-            *discriminator_block(256, 512),
+            *discriminator_block(channels, ndf, normalize=False),
+            *discriminator_block(ndf, ndf * 2),
+            *discriminator_block(ndf * 2, ndf * 4),
+            *discriminator_block(ndf * 4, ndf * 8),
             nn.ZeroPad2d((1, 0, 1, 0)),
-            nn.Conv2d(512, 1, 4, padding=1),
+            nn.Conv2d(ndf * 8, 1, 4, padding=1),
         )
 
     @staticmethod
@@ -140,3 +341,96 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         return self.model(img)
+
+
+class NLayerDiscriminator(nn.Module):
+    """The official PatchGAN: ``n_layers`` stride-2 convolutions, a stride-1 one, a 1-channel output.
+    With ``n_layers=3`` (``basic``) each output sees a 70x70 patch."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+        norm_layer = get_norm_layer(norm)
+        use_bias = norm == "instance"
+        sequence: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2**n, 8)
+            sequence += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1, bias=use_bias),
+                norm_layer(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        prev, mult = mult, min(2**n_layers, 8)
+        sequence += [
+            nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=use_bias),
+            norm_layer(ndf * mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1),
+        ]
+        self.model = nn.Sequential(*sequence)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+class PixelDiscriminator(nn.Module):
+    """The official 1x1 PatchGAN: classifies each pixel."""
+
+    def __init__(self, input_nc: int, ndf: int = 64, norm: str = "batch") -> None:
+        super().__init__()
+        use_bias = norm == "instance"
+        self.net = nn.Sequential(
+            nn.Conv2d(input_nc, ndf, 1, stride=1, padding=0),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf, ndf * 2, 1, stride=1, padding=0, bias=use_bias),
+            get_norm_layer(norm)(ndf * 2),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * 2, 1, 1, stride=1, padding=0, bias=use_bias),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def define_G(
+    netG: str, input_nc: int, output_nc: int, *, n_blocks: int = 9, ngf: int = 64, norm: str = "instance",
+    use_dropout: bool = False, upsample: str = "nearest", init_type: str = "normal", init_gain: float = 0.02,
+) -> nn.Module:
+    """A generator by name, initialised.
+
+    ``resnet`` with ``upsample="nearest"`` is the reference design's ``GeneratorResNet`` (its keys);
+    with ``"transpose"`` the official ``ResnetGenerator`` (``resnet_9blocks``/``resnet_6blocks``).
+    """
+    if netG == "resnet":
+        if upsample == "nearest":
+            net: nn.Module = GeneratorResNet((input_nc,), n_blocks, ngf=ngf, norm=norm, use_dropout=use_dropout,
+                                             out_channels=output_nc)
+        else:
+            net = ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks)
+    elif netG in ("unet_128", "unet_256"):
+        net = UnetGenerator(input_nc, output_nc, 7 if netG == "unet_128" else 8, ngf, norm, use_dropout)
+    else:
+        raise ValueError(f"unknown generator {netG!r}: use one of {', '.join(GENERATORS)}")
+    return init_weights(net, init_type, init_gain)
+
+
+def define_D(
+    netD: str, input_shape: Sequence[int], *, ndf: int = 64, n_layers_D: int = 3, norm: str = "instance",
+    init_type: str = "normal", init_gain: float = 0.02,
+) -> nn.Module:
+    """A discriminator by name, initialised: ``reference`` (the reference design's), ``basic``
+    (70x70 PatchGAN), ``n_layers`` (``n_layers_D`` layers), ``pixel`` (1x1)."""
+    input_nc = int(input_shape[0])
+    if netD == "reference":
+        net: nn.Module = Discriminator(input_shape, ndf=ndf, norm=norm)
+    elif netD == "basic":
+        net = NLayerDiscriminator(input_nc, ndf, 3, norm)
+    elif netD == "n_layers":
+        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm)
+    elif netD == "pixel":
+        net = PixelDiscriminator(input_nc, ndf, norm)
+    else:
+        raise ValueError(f"unknown discriminator {netD!r}: use one of {', '.join(DISCRIMINATORS)}")
+    return init_weights(net, init_type, init_gain)

@@ -15,8 +15,6 @@ at ``--n_epochs``), stepped once per epoch.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import itertools
 import json
 import logging
@@ -36,143 +34,17 @@ from torch.utils.data import DataLoader
 from cyclegan import datasets
 from cyclegan.checkpoint import NETWORK_NAMES, checkpoint_path, list_checkpoints, load_checkpoint, save_networks
 from cyclegan.errors import CycleGANError
-from cyclegan.losses import cycle_loss, gan_loss, identity_loss
-from cyclegan.models import Discriminator, GeneratorResNet, weights_init_normal
+from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss
+from cyclegan.models import define_D, define_G
+from cyclegan.options import ARCHITECTURE_FIELDS, TrainConfig, describe, get_args_parser, parse_config, validate
 from cyclegan.utils import LambdaLR, ReplayBuffer, atomic_write, make_grid, save_image, seed_everything
 
-__all__ = ["TrainConfig", "get_args_parser", "config_from_args", "build_networks", "train_step", "train", "main"]
+__all__ = ["TrainConfig", "get_args_parser", "build_networks", "build_optimizers", "build_schedulers",
+           "train_step", "train", "main"]
 
 log = logging.getLogger("cyclegan.train")
 
 DEMO_DATASET = "demo"
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; stored as ``config.json`` in the run folder."""
-
-    epoch: int = 0
-    n_epochs: int = 200
-    dataset_name: str = "monet2photo"
-    batch_size: int = 1
-    lr: float = 0.0002
-    b1: float = 0.5
-    b2: float = 0.999
-    decay_epoch: int = 100
-    n_cpu: int = 8
-    img_height: int = 256
-    img_width: int = 256
-    channels: int = 3
-    sample_interval: int = 100
-    checkpoint_interval: int = -1
-    n_residual_blocks: int = 9
-    lambda_cyc: float = 10.0
-    lambda_id: float = 5.0
-    dataroot: str | None = None
-    output: str | None = None
-    device: str = "auto"
-    seed: int | None = None
-    overwrite: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(
-        prog="cyclegan train",
-        description="Train CycleGAN on two folders of unpaired images (the reference design and flags).",
-        add_help=add_help,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--epoch", type=int, default=d.epoch,
-                   help="epoch to start from; N > 0 loads the checkpoint saved after N epochs from the run folder")
-    p.add_argument("--n_epochs", type=int, default=d.n_epochs, help="number of epochs of training")
-    p.add_argument("--dataset_name", default=d.dataset_name,
-                   help="dataset under data/<dataset_name>; 'demo' is the built-in procedural data, also used "
-                        "when neither this flag nor --dataroot is given and data/monet2photo does not exist")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="size of the batches")
-    p.add_argument("--lr", type=float, default=d.lr, help="adam: learning rate")
-    p.add_argument("--b1", type=float, default=d.b1, help="adam: decay of first order momentum of gradient")
-    p.add_argument("--b2", type=float, default=d.b2, help="adam: decay of second order momentum of gradient")
-    p.add_argument("--decay_epoch", type=int, default=d.decay_epoch, help="epoch from which to start lr decay")
-    p.add_argument("--n_cpu", type=int, default=d.n_cpu,
-                   help="data-loading worker processes (at most the machine's CPU count; 0 loads in the main process)")
-    p.add_argument("--img_height", type=int, default=d.img_height, help="size of image height (a multiple of 16)")
-    p.add_argument("--img_width", type=int, default=d.img_width, help="size of image width (a multiple of 16)")
-    p.add_argument("--channels", type=int, default=d.channels, help="number of image channels (1 or 3)")
-    p.add_argument("--sample_interval", type=int, default=d.sample_interval,
-                   help="interval (in batches) between sample grids written to <output>/samples")
-    p.add_argument("--checkpoint_interval", type=int, default=d.checkpoint_interval,
-                   help="interval (in epochs) between checkpoints; -1 saves only at the end")
-    p.add_argument("--n_residual_blocks", type=int, default=d.n_residual_blocks,
-                   help="number of residual blocks in generator")
-    p.add_argument("--lambda_cyc", type=float, default=d.lambda_cyc, help="cycle loss weight")
-    p.add_argument("--lambda_id", type=float, default=d.lambda_id, help="identity loss weight")
-    p.add_argument("--dataroot", default=None,
-                   help="folder holding train/A, train/B (and test/A, test/B), or trainA, trainB, testA, testB "
-                        "(default: data/<dataset_name>)")
-    p.add_argument("--output", default=None, help="run folder for samples, checkpoints and config "
-                                                  "(default: runs/<dataset_name>)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device,
-                   help="where to train; auto takes CUDA when available")
-    p.add_argument("--seed", type=int, default=None,
-                   help="seed of every random generator (default: a random seed, recorded in config.json)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start a new run in an --output folder that already holds one")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
-
-
-def validate(config: TrainConfig) -> None:
-    """Refuse settings that cannot work, naming the flag."""
-    for flag in ("img_height", "img_width"):
-        value = getattr(config, flag)
-        if value < 16 or value % 16:
-            raise CycleGANError(
-                f"--{flag} {value} is not a multiple of 16 (at least 16): the discriminator halves the image "
-                f"four times; use e.g. {max(16, (value + 8) // 16 * 16)}"
-            )
-    if config.img_height == 16 and config.img_width == 16:
-        raise CycleGANError(
-            "--img_height 16 --img_width 16 is too small: the discriminator's last instance norm needs more than "
-            "one value per channel; make one side at least 32"
-        )
-    if config.channels not in (1, 3):
-        raise CycleGANError(f"--channels {config.channels}: use 1 (grey) or 3 (RGB)")
-    if config.batch_size < 1:
-        raise CycleGANError(f"--batch_size {config.batch_size}: use 1 or more")
-    if config.n_epochs < 1:
-        raise CycleGANError(f"--n_epochs {config.n_epochs}: use 1 or more")
-    if not 0 <= config.epoch < config.n_epochs:
-        raise CycleGANError(f"--epoch {config.epoch} must be at least 0 and below --n_epochs {config.n_epochs}")
-    if config.decay_epoch >= config.n_epochs or config.decay_epoch < 0:
-        raise CycleGANError(
-            f"--decay_epoch {config.decay_epoch} must be at least 0 and below --n_epochs {config.n_epochs}: "
-            f"the learning rate decays linearly from --decay_epoch to zero at --n_epochs "
-            f"(e.g. --decay_epoch {config.n_epochs // 2})"
-        )
-    if config.sample_interval < 1:
-        raise CycleGANError(f"--sample_interval {config.sample_interval}: use 1 or more")
-    if config.checkpoint_interval == 0 or config.checkpoint_interval < -1:
-        raise CycleGANError(f"--checkpoint_interval {config.checkpoint_interval}: use -1 (end only) or 1 or more")
-    if config.n_residual_blocks < 0:
-        raise CycleGANError(f"--n_residual_blocks {config.n_residual_blocks}: use 0 or more")
-    if config.n_cpu < 0:
-        raise CycleGANError(f"--n_cpu {config.n_cpu}: use 0 or more")
-    if config.lr <= 0:
-        raise CycleGANError(f"--lr {config.lr}: use a positive learning rate")
-    for flag in ("b1", "b2"):
-        if not 0 <= getattr(config, flag) < 1:
-            raise CycleGANError(f"--{flag} {getattr(config, flag)}: Adam's betas lie in [0, 1)")
-    for flag in ("lambda_cyc", "lambda_id"):
-        if getattr(config, flag) < 0:
-            raise CycleGANError(f"--{flag} {getattr(config, flag)}: loss weights cannot be negative")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -184,17 +56,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def build_networks(config: TrainConfig) -> dict[str, nn.Module]:
-    """G_AB, G_BA, D_A, D_B for the config, initialised N(0, 0.02) as the reference does."""
-    shape = (config.channels, config.img_height, config.img_width)
-    nets: dict[str, nn.Module] = {
-        "G_AB": GeneratorResNet(shape, config.n_residual_blocks),
-        "G_BA": GeneratorResNet(shape, config.n_residual_blocks),
-        "D_A": Discriminator(shape),
-        "D_B": Discriminator(shape),
+    """G_AB, G_BA, D_A, D_B for the config, initialised (by default N(0, 0.02), as the reference)."""
+    a, b = config.channels_A, config.channels_B
+    g = dict(n_blocks=config.n_residual_blocks, ngf=config.ngf, norm=config.norm, use_dropout=config.use_dropout,
+             upsample=config.upsample, init_type=config.init_type, init_gain=config.init_gain)
+    d = dict(ndf=config.ndf, n_layers_D=config.n_layers_D, norm=config.norm, init_type=config.init_type,
+             init_gain=config.init_gain)
+    size = (config.img_height, config.img_width)
+    return {
+        "G_AB": define_G(config.netG, a, b, **g),
+        "G_BA": define_G(config.netG, b, a, **g),
+        "D_A": define_D(config.netD, (a, *size), **d),
+        "D_B": define_D(config.netD, (b, *size), **d),
     }
-    for net in nets.values():
-        net.apply(weights_init_normal)
-    return nets
 
 
 def build_optimizers(nets: dict[str, nn.Module], config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
@@ -207,32 +81,76 @@ def build_optimizers(nets: dict[str, nn.Module], config: TrainConfig) -> dict[st
     }
 
 
+def build_schedulers(optimizers: dict[str, torch.optim.Optimizer], config: TrainConfig) -> dict[str, Any]:
+    """One scheduler per optimizer for ``--lr_policy``, positioned at ``--epoch``; stepped per epoch."""
+    schedulers: dict[str, Any] = {}
+    for name, opt in optimizers.items():
+        if config.lr_policy == "linear":
+            rule = LambdaLR(config.n_epochs, config.epoch, config.decay_epoch)
+            schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=rule.step)
+            continue
+        if config.lr_policy == "step":
+            sched: Any = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_decay_iters, gamma=0.1)
+        elif config.lr_policy == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.2, threshold=0.01,
+                                                               patience=5)
+        elif config.lr_policy == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.n_epochs, eta_min=0)
+        else:
+            raise ValueError(f"unknown lr_policy {config.lr_policy!r}")
+        if config.lr_policy != "plateau":
+            for _ in range(config.epoch):  # a restarted run continues the schedule
+                opt.step()
+                sched.step()
+        schedulers[name] = sched
+    return schedulers
+
+
+def step_schedulers(schedulers: dict[str, Any], metric: float) -> None:
+    """The end-of-epoch step; ``plateau`` watches ``metric`` (the epoch's mean generator loss)."""
+    for sched in schedulers.values():
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(metric)
+        else:
+            sched.step()
+
+
+def _pool(pool: ReplayBuffer | None, images: torch.Tensor) -> torch.Tensor:
+    return pool.push_and_pop(images) if pool is not None else images.detach()
+
+
 def train_step(
     nets: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
-    buffers: dict[str, ReplayBuffer],
+    buffers: dict[str, ReplayBuffer | None],
     real_A: torch.Tensor,
     real_B: torch.Tensor,
     lambda_cyc: float,
     lambda_id: float,
+    gan_mode: str = "lsgan",
+    lambda_gp: float = 10.0,
 ) -> dict[str, torch.Tensor]:
-    """One step of the reference design; returns the detached loss terms."""
+    """One step of the reference design; returns the detached loss terms.
+
+    A buffer of None is a disabled replay buffer (``--pool_size 0``). With ``gan_mode="wgangp"``
+    each discriminator loss adds the gradient penalty.
+    """
     G_AB, G_BA, D_A, D_B = (nets[n] for n in NETWORK_NAMES)
-    target_shape = (real_A.size(0), *D_A.output_shape)
-    valid = torch.ones(target_shape, device=real_A.device)
-    fake = torch.zeros(target_shape, device=real_A.device)
 
     # Generators
     G_AB.train()
     G_BA.train()
     optimizers["G"].zero_grad()
-    loss_id_A = identity_loss(G_BA(real_A), real_A)
-    loss_id_B = identity_loss(G_AB(real_B), real_B)
-    loss_identity = (loss_id_A + loss_id_B) / 2
+    if lambda_id > 0:
+        loss_id_A = identity_loss(G_BA(real_A), real_A)
+        loss_id_B = identity_loss(G_AB(real_B), real_B)
+        loss_identity = (loss_id_A + loss_id_B) / 2
+    else:  # no identity loss (and domains may differ in channels): skip the two generator calls
+        loss_identity = torch.zeros((), device=real_A.device)
     fake_B = G_AB(real_A)
-    loss_GAN_AB = gan_loss(D_B(fake_B), valid)
+    loss_GAN_AB = gan_loss(D_B(fake_B), True, gan_mode)
     fake_A = G_BA(real_B)
-    loss_GAN_BA = gan_loss(D_A(fake_A), valid)
+    loss_GAN_BA = gan_loss(D_A(fake_A), True, gan_mode)
     loss_GAN = (loss_GAN_AB + loss_GAN_BA) / 2
     recov_A = G_BA(fake_B)
     loss_cycle_A = cycle_loss(recov_A, real_A)
@@ -245,19 +163,23 @@ def train_step(
 
     # Discriminator A
     optimizers["D_A"].zero_grad()
-    loss_real = gan_loss(D_A(real_A), valid)
-    fake_A_ = buffers["A"].push_and_pop(fake_A)
-    loss_fake = gan_loss(D_A(fake_A_.detach()), fake)
+    loss_real = gan_loss(D_A(real_A), True, gan_mode)
+    fake_A_ = _pool(buffers["A"], fake_A)
+    loss_fake = gan_loss(D_A(fake_A_.detach()), False, gan_mode)
     loss_D_A = (loss_real + loss_fake) / 2
+    if gan_mode == "wgangp":
+        loss_D_A = loss_D_A + gradient_penalty(D_A, real_A, fake_A_, lambda_gp)
     loss_D_A.backward()
     optimizers["D_A"].step()
 
     # Discriminator B
     optimizers["D_B"].zero_grad()
-    loss_real = gan_loss(D_B(real_B), valid)
-    fake_B_ = buffers["B"].push_and_pop(fake_B)
-    loss_fake = gan_loss(D_B(fake_B_.detach()), fake)
+    loss_real = gan_loss(D_B(real_B), True, gan_mode)
+    fake_B_ = _pool(buffers["B"], fake_B)
+    loss_fake = gan_loss(D_B(fake_B_.detach()), False, gan_mode)
     loss_D_B = (loss_real + loss_fake) / 2
+    if gan_mode == "wgangp":
+        loss_D_B = loss_D_B + gradient_penalty(D_B, real_B, fake_B_, lambda_gp)
     loss_D_B.backward()
     optimizers["D_B"].step()
 
@@ -319,16 +241,25 @@ def resolve_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunDa
         root = run_dir / "demo_data"
         if not datasets.has_split(root, "train"):
             datasets.write_demo_dataset(root, size=max(config.img_height, config.img_width))
-    shape = (config.img_height, config.img_width, config.channels)
+    h, w = config.img_height, config.img_width
+    options = dict(channels=config.channels_A, channels_B=config.channels_B, direction=config.direction,
+                   max_dataset_size=config.max_dataset_size)
     train_set = datasets.ImageDataset(
-        root, datasets.reference_transforms(*shape), unaligned=True, mode="train", channels=config.channels
+        root,
+        datasets.build_transforms(config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A),
+        unaligned=not config.serial_batches, mode="train", **options,
     )
     val_mode = "test" if datasets.has_split(root, "test") else "train"
     val_set = datasets.ImageDataset(
-        root, datasets.test_transforms(*shape), unaligned=False, mode=val_mode, channels=config.channels
+        root, datasets.test_transforms(h, w, config.channels_A), unaligned=False, mode=val_mode, **options
     )
-    files = sorted(set(train_set.files_A + train_set.files_B + val_set.files_A + val_set.files_B))
-    problems = datasets.scan_images(files, workers=max(1, min(8, os.cpu_count() or 1)), progress=sys.stderr.isatty())
+    workers = max(1, min(8, os.cpu_count() or 1))
+    progress = sys.stderr.isatty()
+    min_size = (w, h) if config.preprocess == "crop" else None
+    problems = datasets.scan_images(sorted(set(train_set.files_A + train_set.files_B)), workers, progress, min_size)
+    problems += datasets.scan_images(sorted(set(val_set.files_A + val_set.files_B) - set(train_set.files_A)
+                                            - set(train_set.files_B)), workers, progress)
+    files = set(train_set.files_A + train_set.files_B + val_set.files_A + val_set.files_B)
     if problems:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in problems)
         raise CycleGANError(
@@ -392,6 +323,20 @@ def format_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
+def check_same_architecture(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to load a checkpoint into networks configured differently, listing every difference."""
+    defaults = TrainConfig()
+    diffs = [
+        f"--{k} {getattr(config, k)} (checkpoint: {saved.get(k, getattr(defaults, k))})"
+        for k in ARCHITECTURE_FIELDS
+        if saved.get(k, getattr(defaults, k)) != getattr(config, k)
+    ]
+    if diffs:
+        raise CycleGANError(
+            f"{path} was trained with other network options; give the checkpoint's: " + ", ".join(diffs)
+        )
+
+
 def prepare_run_dir(config: TrainConfig, run_dir: Path) -> None:
     """Refuse to start a new run over an existing one unless asked to."""
     if config.epoch == 0 and (run_dir / "config.json").exists() and not config.overwrite:
@@ -416,8 +361,9 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
             raise CycleGANError(
                 f"--epoch {config.epoch}: no checkpoint {ckpt} (epochs saved in {run_dir}: {saved})"
             )
-        start_states, _ = load_checkpoint(ckpt)
+        start_states, meta = load_checkpoint(ckpt)
         start_from = ckpt
+        check_same_architecture(config, meta.get("config", {}), ckpt)
 
     data = resolve_data(config, data_root, run_dir)
     if config.seed is None:
@@ -431,18 +377,14 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
     for net in nets.values():
         net.to(device)
     optimizers = build_optimizers(nets, config)
-    schedulers = {
-        k: torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_lambda=LambdaLR(config.n_epochs, config.epoch, config.decay_epoch).step
-        )
-        for k, opt in optimizers.items()
-    }
-    buffers = {"A": ReplayBuffer(), "B": ReplayBuffer()}
+    schedulers = build_schedulers(optimizers, config)
+    buffers = {k: ReplayBuffer(config.pool_size) if config.pool_size > 0 else None for k in ("A", "B")}
 
     workers = min(config.n_cpu, os.cpu_count() or 1)
     generator = torch.Generator().manual_seed(config.seed)
     loader = DataLoader(
-        data.train, batch_size=config.batch_size, shuffle=True, num_workers=workers, generator=generator,
+        data.train, batch_size=config.batch_size, shuffle=not config.serial_batches, num_workers=workers,
+        generator=generator,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
     n_val = min(5, len(data.val))
@@ -464,12 +406,15 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
     start = time.perf_counter()
     for epoch in range(config.epoch, config.n_epochs):
         progress = Progress(n_batches, epoch, config.n_epochs, done_batches, total_batches)
+        loss_G_sum = 0.0
         for i, batch in enumerate(loader):
             t0 = time.perf_counter()
             real_A = batch["A"].to(device, non_blocking=True)
             real_B = batch["B"].to(device, non_blocking=True)
-            losses = train_step(nets, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id)
+            losses = train_step(nets, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
+                                config.gan_mode, config.lambda_gp)
             values = {k: float(v) for k, v in losses.items()}
+            loss_G_sum += values["G"]
             step_s = time.perf_counter() - t0
             done_batches += 1
             elapsed = time.perf_counter() - start
@@ -479,8 +424,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
             if batches_done % config.sample_interval == 0:
                 sample_images(nets, val_batch, run_dir / "samples" / f"{batches_done:07d}.png", device)
         progress.close()
-        for scheduler in schedulers.values():
-            scheduler.step()
+        step_schedulers(schedulers, loss_G_sum / max(1, n_batches))
         completed = epoch + 1
         if completed == config.n_epochs or (
             config.checkpoint_interval != -1 and completed % config.checkpoint_interval == 0
@@ -504,12 +448,14 @@ def setup_logging() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cyclegan.train`` and ``cyclegan train``; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    given = any(a == "--dataset_name" or a.startswith("--dataset_name=") for a in argv)
     setup_logging()
     try:
-        train(config_from_args(args), dataset_name_given=given)
+        config, explicit, print_config = parse_config(argv)
+        if print_config:
+            validate(config)
+            print(describe(config), end="")
+            return 0
+        train(config, dataset_name_given="dataset_name" in explicit)
     except CycleGANError as exc:
         log.error("%s", exc)
         return exc.exit_code

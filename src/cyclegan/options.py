@@ -1,0 +1,418 @@
+"""Every training option in one place: the config dataclass, the flags, a YAML config file, the
+official repository's option names, and the checks that refuse what cannot work.
+
+Precedence, lowest first: the defaults (the reference design's), ``--arch official`` presets,
+the ``--config FILE`` values, the command-line flags. The reference's flags keep their names and
+meanings. The official repository's names are accepted next to them and mapped onto them:
+
+- ``--n_epochs_decay M`` switches to the official epoch scheme: ``--n_epochs`` then counts the
+  epochs at the initial learning rate and training lasts ``n_epochs + n_epochs_decay`` epochs,
+  decaying from epoch ``n_epochs`` (stored as the reference's ``n_epochs`` = total and
+  ``decay_epoch``); it cannot be combined with ``--decay_epoch``.
+- ``--epoch_count K`` (1-based, official) is ``--epoch K-1``.
+- ``--crop_size N`` is ``--img_height N --img_width N``; ``--load_size`` is the official resize.
+- ``--netG resnet_9blocks`` / ``resnet_6blocks`` are ``--netG resnet --n_residual_blocks 9 / 6``.
+- ``--input_nc`` / ``--output_nc`` are the channel counts of domains A and B (default
+  ``--channels``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cyclegan.errors import CycleGANError
+from cyclegan.models import DISCRIMINATORS, GENERATORS, INIT_TYPES, NORMS
+
+__all__ = ["TrainConfig", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
+           "GAN_MODES"]
+
+PREPROCESS_MODES = ("reference", "resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+GAN_MODES = ("lsgan", "vanilla", "wgangp")
+GENERATOR_NAMES = ("resnet", "resnet_9blocks", "resnet_6blocks", "unet_128", "unet_256")
+ARCH_PRESETS = {
+    "reference": {"upsample": "nearest", "netD": "reference"},
+    "official": {"upsample": "transpose", "netD": "basic"},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; stored as ``config.json`` in the run folder (which ``--config`` reads)."""
+
+    # The reference's flags, names and defaults.
+    epoch: int = 0
+    n_epochs: int = 200
+    dataset_name: str = "monet2photo"
+    batch_size: int = 1
+    lr: float = 0.0002
+    b1: float = 0.5
+    b2: float = 0.999
+    decay_epoch: int = 100
+    n_cpu: int = 8
+    img_height: int = 256
+    img_width: int = 256
+    channels: int = 3
+    sample_interval: int = 100
+    checkpoint_interval: int = -1
+    n_residual_blocks: int = 9
+    lambda_cyc: float = 10.0
+    lambda_id: float = 5.0
+    # Run.
+    dataroot: str | None = None
+    output: str | None = None
+    device: str = "auto"
+    seed: int | None = None
+    overwrite: bool = False
+    # Networks (the official choices).
+    arch: str = "reference"
+    netG: str = "resnet"
+    upsample: str = "nearest"
+    ngf: int = 64
+    use_dropout: bool = False
+    netD: str = "reference"
+    n_layers_D: int = 3
+    ndf: int = 64
+    norm: str = "instance"
+    init_type: str = "normal"
+    init_gain: float = 0.02
+    input_nc: int | None = None
+    output_nc: int | None = None
+    # Objective and schedule.
+    gan_mode: str = "lsgan"
+    lambda_gp: float = 10.0
+    pool_size: int = 50
+    lr_policy: str = "linear"
+    lr_decay_iters: int = 50
+    # Data.
+    preprocess: str = "reference"
+    load_size: int | None = None
+    no_flip: bool = False
+    direction: str = "AtoB"
+    max_dataset_size: int | None = None
+    serial_batches: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def channels_A(self) -> int:
+        return self.input_nc or self.channels
+
+    @property
+    def channels_B(self) -> int:
+        return self.output_nc or self.channels
+
+    @property
+    def resize_size(self) -> int:
+        """The official ``load_size``; by default 1.12x the crop, as in the reference (286 for 256)."""
+        return self.load_size or int(max(self.img_height, self.img_width) * 1.12)
+
+
+# Options that describe the networks; a run restarted with --epoch N must keep them.
+ARCHITECTURE_FIELDS = ("netG", "upsample", "ngf", "use_dropout", "netD", "n_layers_D", "ndf", "norm",
+                       "n_residual_blocks", "channels", "input_nc", "output_nc")
+
+
+def _help(text: str, default: Any) -> str:
+    return f"{text} (default: {default})"
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    """The flags of ``cyclegan train``. Unset flags are absent from the parsed namespace."""
+    d = TrainConfig()
+    p = argparse.ArgumentParser(
+        prog="cyclegan train",
+        description="Train CycleGAN on two folders of unpaired images. The first group holds the reference "
+                    "design's flags; the official repository's option names are accepted too.",
+        add_help=add_help,
+        argument_default=argparse.SUPPRESS,
+    )
+    ref = p.add_argument_group("the reference's flags")
+    ref.add_argument("--epoch", type=int, help=_help(
+        "epoch to start from; N > 0 loads the checkpoint saved after N epochs from the run folder", d.epoch))
+    ref.add_argument("--n_epochs", type=int, help=_help(
+        "number of epochs of training (with --n_epochs_decay: the epochs at the initial learning rate)", d.n_epochs))
+    ref.add_argument("--dataset_name", help=_help(
+        "dataset under data/<dataset_name>; 'demo' is the built-in procedural data, also used when neither "
+        "this flag nor --dataroot is given and data/monet2photo does not exist", d.dataset_name))
+    ref.add_argument("--batch_size", type=int, help=_help("size of the batches", d.batch_size))
+    ref.add_argument("--lr", type=float, help=_help("adam: learning rate", d.lr))
+    ref.add_argument("--b1", type=float, help=_help("adam: decay of first order momentum of gradient", d.b1))
+    ref.add_argument("--b2", type=float, help=_help("adam: decay of second order momentum of gradient", d.b2))
+    ref.add_argument("--decay_epoch", type=int, help=_help(
+        "epoch from which the learning rate decays linearly to zero at --n_epochs", d.decay_epoch))
+    ref.add_argument("--n_cpu", type=int, help=_help(
+        "data-loading worker processes (at most the machine's CPU count; 0 loads in the main process)", d.n_cpu))
+    ref.add_argument("--img_height", type=int, help=_help("training image height, a multiple of 16", d.img_height))
+    ref.add_argument("--img_width", type=int, help=_help("training image width, a multiple of 16", d.img_width))
+    ref.add_argument("--channels", type=int, help=_help("number of image channels (1 or 3)", d.channels))
+    ref.add_argument("--sample_interval", type=int, help=_help(
+        "interval (in batches) between sample grids written to <output>/samples", d.sample_interval))
+    ref.add_argument("--checkpoint_interval", type=int, help=_help(
+        "interval (in epochs) between checkpoints; -1 saves only at the end", d.checkpoint_interval))
+    ref.add_argument("--n_residual_blocks", type=int, help=_help(
+        "number of residual blocks in generator", d.n_residual_blocks))
+    ref.add_argument("--lambda_cyc", type=float, help=_help("cycle loss weight", d.lambda_cyc))
+    ref.add_argument("--lambda_id", type=float, help=_help("identity loss weight", d.lambda_id))
+
+    run = p.add_argument_group("run")
+    run.add_argument("--dataroot", help=_help(
+        "folder holding train/A, train/B (and test/A, test/B), or trainA, trainB, testA, testB",
+        "data/<dataset_name>"))
+    run.add_argument("--output", help=_help("run folder for samples, checkpoints and config", "runs/<dataset_name>"))
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), help=_help(
+        "where to train; auto takes CUDA when available", d.device))
+    run.add_argument("--seed", type=int, help=_help("seed of every random generator", "random, recorded in config.json"))
+    run.add_argument("--overwrite", action="store_true", help="start a new run in an --output folder that already "
+                                                              "holds one")
+    run.add_argument("--config", metavar="FILE", help="YAML file of options (flag names as keys, e.g. a run's "
+                                                      "config.json); flags given on the command line win")
+    run.add_argument("--print_config", action="store_true", help="print the resolved options as YAML and exit")
+
+    net = p.add_argument_group("networks (official options)")
+    net.add_argument("--arch", choices=tuple(ARCH_PRESETS), help=_help(
+        "preset: 'official' sets --upsample transpose --netD basic, the official repository's networks",
+        d.arch))
+    net.add_argument("--netG", choices=GENERATOR_NAMES, help=_help(
+        "generator: resnet (--n_residual_blocks blocks; resnet_9blocks and resnet_6blocks set 9 or 6), "
+        "unet_128, unet_256", d.netG))
+    net.add_argument("--upsample", choices=("nearest", "transpose"), help=_help(
+        "resnet upsampling: nearest + convolution (the reference) or transposed convolution (official)",
+        d.upsample))
+    net.add_argument("--ngf", type=int, help=_help("generator filters in the first convolution", d.ngf))
+    net.add_argument("--use_dropout", action="store_true", help="dropout (0.5) in the generator")
+    net.add_argument("--netD", choices=DISCRIMINATORS, help=_help(
+        "discriminator: reference (the reference design's), basic (70x70 PatchGAN), n_layers (--n_layers_D), "
+        "pixel (1x1 PatchGAN)", d.netD))
+    net.add_argument("--n_layers_D", type=int, help=_help("layers of the n_layers discriminator", d.n_layers_D))
+    net.add_argument("--ndf", type=int, help=_help("discriminator filters in the first convolution", d.ndf))
+    net.add_argument("--norm", choices=NORMS, help=_help("normalisation layers", d.norm))
+    net.add_argument("--init_type", choices=INIT_TYPES, help=_help("weight initialisation", d.init_type))
+    net.add_argument("--init_gain", type=float, help=_help(
+        "scale of normal, xavier and orthogonal initialisation", d.init_gain))
+    net.add_argument("--input_nc", type=int, help=_help("channels of domain A", "--channels"))
+    net.add_argument("--output_nc", type=int, help=_help("channels of domain B", "--channels"))
+
+    obj = p.add_argument_group("objective and schedule (official options)")
+    obj.add_argument("--gan_mode", choices=GAN_MODES, help=_help(
+        "adversarial loss: lsgan (least squares), vanilla (cross-entropy), wgangp (Wasserstein with gradient "
+        "penalty; needs --pool_size 0)", d.gan_mode))
+    obj.add_argument("--lambda_gp", type=float, help=_help("gradient penalty weight for wgangp", d.lambda_gp))
+    obj.add_argument("--pool_size", type=int, help=_help(
+        "images in each replay buffer of past fakes; 0 disables the buffers", d.pool_size))
+    obj.add_argument("--lr_policy", choices=LR_POLICIES, help=_help(
+        "learning-rate schedule, stepped per epoch: linear (constant, then linear to zero from --decay_epoch), "
+        "step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 when the generator loss stalls for 5 "
+        "epochs), cosine (cosine to zero at --n_epochs)", d.lr_policy))
+    obj.add_argument("--lr_decay_iters", type=int, help=_help("epochs between steps of the step policy",
+                                                              d.lr_decay_iters))
+    obj.add_argument("--n_epochs_decay", type=int, help=(
+        "official epoch scheme: train --n_epochs epochs at the initial learning rate, then this many decaying "
+        "linearly; maps to --n_epochs (total) and --decay_epoch"))
+    obj.add_argument("--epoch_count", type=int, help="official 1-based starting epoch; the same as --epoch K-1")
+
+    data = p.add_argument_group("data (official options)")
+    data.add_argument("--preprocess", choices=PREPROCESS_MODES, help=_help(
+        "training transform: reference (resize to 1.12x keeping the aspect ratio, random crop), resize_and_crop "
+        "(square resize to --load_size, random crop), crop, scale_width (width to --load_size), "
+        "scale_width_and_crop, none (sizes rounded to a multiple of 4)", d.preprocess))
+    data.add_argument("--load_size", type=int, help=_help("official resize size", "1.12 x the crop size"))
+    data.add_argument("--crop_size", type=int, help="official crop size: sets --img_height and --img_width")
+    data.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
+    data.add_argument("--direction", choices=("AtoB", "BtoA"), help=_help(
+        "BtoA swaps the two domains", d.direction))
+    data.add_argument("--max_dataset_size", type=int, help=_help(
+        "at most this many images of each domain (the first by name)", "all"))
+    data.add_argument("--serial_batches", action="store_true", help="no shuffling; B image i goes with A image i")
+    return p
+
+
+def _config_file_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+    """A YAML (or JSON) file of options as command-line tokens."""
+    import yaml
+
+    file = Path(path)
+    try:
+        values = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise CycleGANError(f"--config {file}: cannot read the file ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise CycleGANError(f"--config {file}: not valid YAML ({exc})") from exc
+    if values is None:
+        return []
+    if not isinstance(values, dict):
+        raise CycleGANError(f"--config {file}: expected a mapping of option names to values")
+    known = {a.dest: a for a in parser._actions}
+    tokens: list[str] = []
+    for key, value in values.items():
+        action = known.get(str(key))
+        if action is None or key in ("help", "config", "print_config"):
+            raise CycleGANError(f"--config {file}: unknown option {key!r} (keys are flag names without the dashes)")
+        if value is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise CycleGANError(f"--config {file}: {key} must be true or false, got {value!r}")
+            if value:
+                tokens.append(f"--{key}")
+            continue
+        tokens += [f"--{key}", str(value)]
+    return tokens
+
+
+def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
+    """Resolve flags (and ``--config``) into a config; also return the names set explicitly and
+    whether ``--print_config`` was asked for."""
+    parser = get_args_parser()
+    argv = list(argv)
+    first = parser.parse_args(argv)
+    if getattr(first, "config", None):
+        argv = _config_file_argv(first.config, parser) + argv
+    given = vars(parser.parse_args(argv))
+    print_config = bool(given.pop("print_config", False))
+    given.pop("config", None)
+
+    # Official names mapped onto ours.
+    if "crop_size" in given:
+        crop = given.pop("crop_size")
+        for flag in ("img_height", "img_width"):
+            if flag in given and given[flag] != crop:
+                raise CycleGANError(f"--crop_size {crop} and --{flag} {given[flag]} disagree: give one of them")
+            given[flag] = crop
+    if "epoch_count" in given:
+        count = given.pop("epoch_count")
+        if count < 1:
+            raise CycleGANError(f"--epoch_count {count}: the official epoch count starts at 1")
+        if "epoch" in given and given["epoch"] != count - 1:
+            raise CycleGANError(f"--epoch_count {count} and --epoch {given['epoch']} disagree: give one of them")
+        given["epoch"] = count - 1
+    if "n_epochs_decay" in given:
+        decay = given.pop("n_epochs_decay")
+        if "decay_epoch" in given:
+            raise CycleGANError(
+                "--n_epochs_decay (official scheme) and --decay_epoch (reference scheme) cannot be combined: with "
+                "--n_epochs_decay, --n_epochs counts the epochs before the decay"
+            )
+        if decay < 1:
+            raise CycleGANError(f"--n_epochs_decay {decay}: use 1 or more")
+        constant = given.get("n_epochs", TrainConfig.n_epochs)
+        given["decay_epoch"] = constant
+        given["n_epochs"] = constant + decay
+    net_g = given.get("netG")
+    if net_g in ("resnet_9blocks", "resnet_6blocks"):
+        blocks = 9 if net_g == "resnet_9blocks" else 6
+        if "n_residual_blocks" in given and given["n_residual_blocks"] != blocks:
+            raise CycleGANError(
+                f"--netG {net_g} and --n_residual_blocks {given['n_residual_blocks']} disagree: give one of them"
+            )
+        given["netG"], given["n_residual_blocks"] = "resnet", blocks
+    arch = given.get("arch", TrainConfig.arch)
+    for key, value in ARCH_PRESETS[arch].items():
+        if key not in given:
+            given[key] = value
+    explicit = set(given)
+    config = TrainConfig(**given)
+    return config, explicit, print_config
+
+
+def validate(config: TrainConfig) -> None:
+    """Refuse settings that cannot work, naming the flag and what to do."""
+    if config.channels not in (1, 3):
+        raise CycleGANError(f"--channels {config.channels}: use 1 (grey) or 3 (RGB)")
+    for flag in ("input_nc", "output_nc"):
+        value = getattr(config, flag)
+        if value is not None and value not in (1, 3):
+            raise CycleGANError(f"--{flag} {value}: use 1 (grey) or 3 (RGB)")
+    if config.channels_A != config.channels_B and config.lambda_id > 0:
+        raise CycleGANError(
+            f"the identity loss needs both domains to have the same channels (--input_nc {config.channels_A}, "
+            f"--output_nc {config.channels_B}): pass --lambda_id 0"
+        )
+    for flag in ("img_height", "img_width"):
+        value = getattr(config, flag)
+        if value < 16 or value % 16:
+            raise CycleGANError(
+                f"--{flag} {value} is not a multiple of 16 (at least 16): the discriminator halves the image "
+                f"four times; use e.g. {max(16, (value + 8) // 16 * 16)}"
+            )
+    if config.img_height == 16 and config.img_width == 16:
+        raise CycleGANError(
+            "--img_height 16 --img_width 16 is too small: the discriminator's last instance norm needs more than "
+            "one value per channel; make one side at least 32"
+        )
+    if config.netG.startswith("unet"):
+        size = 2 ** (7 if config.netG == "unet_128" else 8)
+        if config.img_height % size or config.img_width % size:
+            raise CycleGANError(
+                f"--netG {config.netG} halves the image {size.bit_length() - 1} times: --img_height and --img_width "
+                f"must be multiples of {size} (got {config.img_height}x{config.img_width})"
+            )
+        if config.preprocess in ("none", "scale_width"):
+            raise CycleGANError(
+                f"--netG {config.netG} needs fixed sizes that are multiples of {size}: use a --preprocess that crops"
+            )
+    if config.preprocess in ("none", "scale_width") and config.batch_size > 1:
+        raise CycleGANError(
+            f"--preprocess {config.preprocess} keeps each image's own size, so images cannot be batched: "
+            "use --batch_size 1 or a --preprocess that crops"
+        )
+    if config.preprocess in ("resize_and_crop", "scale_width", "scale_width_and_crop"):
+        if config.resize_size < max(config.img_height, config.img_width) and config.preprocess != "scale_width":
+            raise CycleGANError(
+                f"--load_size {config.resize_size} is smaller than the crop {config.img_height}x{config.img_width}"
+            )
+    if config.load_size is not None and config.load_size < 1:
+        raise CycleGANError(f"--load_size {config.load_size}: use a positive size")
+    positive = {"batch_size": 1, "n_epochs": 1, "sample_interval": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1,
+                "lr_decay_iters": 1}
+    for flag, low in positive.items():
+        if getattr(config, flag) < low:
+            raise CycleGANError(f"--{flag} {getattr(config, flag)}: use {low} or more")
+    if config.max_dataset_size is not None and config.max_dataset_size < 1:
+        raise CycleGANError(f"--max_dataset_size {config.max_dataset_size}: use 1 or more")
+    if not 0 <= config.epoch < config.n_epochs:
+        raise CycleGANError(f"--epoch {config.epoch} must be at least 0 and below --n_epochs {config.n_epochs}")
+    if config.lr_policy == "linear" and not 0 <= config.decay_epoch < config.n_epochs:
+        raise CycleGANError(
+            f"--decay_epoch {config.decay_epoch} must be at least 0 and below --n_epochs {config.n_epochs}: "
+            f"the learning rate decays linearly from --decay_epoch to zero at --n_epochs "
+            f"(e.g. --decay_epoch {config.n_epochs // 2})"
+        )
+    if config.checkpoint_interval == 0 or config.checkpoint_interval < -1:
+        raise CycleGANError(f"--checkpoint_interval {config.checkpoint_interval}: use -1 (end only) or 1 or more")
+    for flag in ("n_residual_blocks", "n_cpu", "pool_size"):
+        if getattr(config, flag) < 0:
+            raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 or more")
+    if config.lr <= 0:
+        raise CycleGANError(f"--lr {config.lr}: use a positive learning rate")
+    for flag in ("b1", "b2"):
+        if not 0 <= getattr(config, flag) < 1:
+            raise CycleGANError(f"--{flag} {getattr(config, flag)}: Adam's betas lie in [0, 1)")
+    for flag in ("lambda_cyc", "lambda_id", "lambda_gp", "init_gain"):
+        if getattr(config, flag) < 0:
+            raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 or more")
+    if config.gan_mode == "wgangp" and config.pool_size > 0:
+        raise CycleGANError(
+            f"--gan_mode wgangp with --pool_size {config.pool_size}: the gradient penalty is taken between real "
+            "images and the current fakes, so the replay buffer must be off: pass --pool_size 0"
+        )
+    if config.netD in ("basic", "n_layers"):
+        layers = 3 if config.netD == "basic" else config.n_layers_D
+        if min(config.img_height, config.img_width) // 2**layers < 3:
+            raise CycleGANError(
+                f"--netD {config.netD} with {layers} layers needs images of at least {3 * 2**layers} pixels a side "
+                f"(got {config.img_height}x{config.img_width}): use fewer --n_layers_D or larger images"
+            )
+
+
+def describe(config: TrainConfig) -> str:
+    """The config as YAML text."""
+    import yaml
+
+    return yaml.safe_dump(config.to_json(), sort_keys=False)
