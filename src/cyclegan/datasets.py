@@ -284,19 +284,19 @@ class Resize:
 
 class ScaleWidth:
     """The official ``scale_width``: width to ``target``, height keeping the aspect ratio but at
-    least ``min_height``; here the height is also rounded to a multiple of 4 so that the
-    generator gives back the size it was given."""
+    least ``min_height``; here both sides are then rounded to a multiple of 4, so that the
+    generator gives back the size it was given (the official code fails on other sizes)."""
 
     def __init__(self, target: int, min_height: int) -> None:
         self.target, self.min_height = int(target), int(min_height)
 
     def __call__(self, img: Image.Image) -> Image.Image:
         w, h = img.size
-        new_h = max(int(self.target * h / w), self.min_height)
-        new_h = max(4, round(new_h / 4) * 4)
-        if (w, h) == (self.target, new_h):
+        new_h = max(4, round(max(int(self.target * h / w), self.min_height) / 4) * 4)
+        new_w = max(4, round(self.target / 4) * 4)
+        if (w, h) == (new_w, new_h):
             return img
-        return img.resize((self.target, new_h), Image.BICUBIC)
+        return img.resize((new_w, new_h), Image.BICUBIC)
 
 
 class MakeMultiple:
