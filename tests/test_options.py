@@ -187,6 +187,24 @@ def test_lr_policies():
     assert falling == pytest.approx([1] * 9)
 
 
+@pytest.mark.parametrize("n,n_decay", [(2, 2), (100, 100), (5, 1)])
+def test_official_epoch_scheme_gives_the_official_linear_rule(n, n_decay):
+    config, _, _ = parse_config(["--n_epochs", str(n), "--n_epochs_decay", str(n_decay)])
+    official = [1.0 - max(0, e + 1 - n) / (n_decay + 1) for e in range(n + n_decay)]
+    assert lrs(config, n + n_decay) == pytest.approx(official)
+
+
+def test_config_file_values_yield_to_flags_and_their_aliases(tmp_path):
+    cfg = tmp_path / "config.json"  # a run folder's config.json holds every field
+    cfg.write_text(json.dumps({**TrainConfig(overwrite=True, max_steps=3).to_json(), "n_epochs": 10}))
+    config, _, _ = parse_config(["--config", str(cfg), "--crop_size", "128", "--netG", "resnet_6blocks",
+                                 "--arch", "official", "--n_epochs_decay", "5"])
+    assert (config.img_height, config.n_residual_blocks, config.netD, config.upsample) == (128, 6, "basic",
+                                                                                          "transpose")
+    assert (config.n_epochs, config.decay_epoch) == (15, 9)
+    assert not config.overwrite and config.max_steps is None  # never read from a file
+
+
 @pytest.mark.parametrize("policy", ["linear", "step", "cosine"])
 def test_lr_policies_continue_from_a_restart_epoch(policy):
     full = lrs(TrainConfig(n_epochs=8, decay_epoch=3, lr_policy=policy, lr_decay_iters=2), 8)
@@ -251,7 +269,7 @@ def test_config_file_errors_name_the_file_and_key(tmp_path):
 def test_official_names_map_onto_the_reference_ones():
     config, _, _ = parse_config(["--n_epochs", "100", "--n_epochs_decay", "50", "--epoch_count", "11",
                                  "--crop_size", "128", "--netG", "resnet_6blocks", "--arch", "official"])
-    assert (config.n_epochs, config.decay_epoch, config.epoch) == (150, 100, 10)
+    assert (config.n_epochs, config.decay_epoch, config.epoch) == (150, 99, 10)
     assert (config.img_height, config.img_width) == (128, 128)
     assert (config.netG, config.n_residual_blocks) == ("resnet", 6)
     assert (config.upsample, config.netD) == ("transpose", "basic")
@@ -280,6 +298,7 @@ def test_contradicting_aliases_are_refused(argv, named):
      ({"preprocess": "none", "batch_size": 4}, "--batch_size 1"),
      ({"netD": "n_layers", "n_layers_D": 5, "img_height": 64, "img_width": 64}, "--n_layers_D"),
      ({"preprocess": "resize_and_crop", "load_size": 200}, "--load_size 200"),
+     ({"load_size": 512}, "--preprocess reference"),
      ({"lr_policy": "linear", "n_epochs": 5}, "--decay_epoch")],
 )
 def test_incompatible_combinations_are_refused(overrides, named):

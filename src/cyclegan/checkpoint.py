@@ -110,3 +110,140 @@ def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CycleGANError(f"weights file {path} does not hold a state dict of tensors")
     return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Run checkpoints: everything needed to continue a run exactly.
+#
+#   <run>/checkpoints/resume/step_000001200/networks.safetensors   the four networks
+#                                          /state.pt               the rest (optimizers, schedulers,
+#                                                                  replay buffers, RNG states,
+#                                                                  position, config), tensors and
+#                                                                  plain containers only
+#
+# A checkpoint folder is written under a temporary name, every file flushed and fsynced, then
+# renamed into place: a folder named step_* is always whole. Loading checks both files and
+# falls back to the newest one that loads.
+
+RESUME_DIR = "resume"
+_STEP_PREFIX = "step_"
+
+
+def resume_dir(run_dir: str | os.PathLike[str]) -> Path:
+    return Path(run_dir) / "checkpoints" / RESUME_DIR
+
+
+def list_run_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The run checkpoints of ``run_dir``, oldest first."""
+    folder = resume_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(_STEP_PREFIX)
+             and p.name[len(_STEP_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(_STEP_PREFIX):]))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_run_checkpoint(
+    run_dir: str | os.PathLike[str], step: int, networks: Mapping[str, nn.Module], state: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write a run checkpoint for ``step`` atomically, then keep only the newest ``keep``."""
+    import io
+    import shutil
+    import tempfile
+
+    folder = resume_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{_STEP_PREFIX}{step:09d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
+    try:
+        tensors = {
+            f"{name}.{key}": value.detach().cpu().contiguous()
+            for name, net in networks.items()
+            for key, value in net.state_dict().items()
+        }
+        _write_file(tmp / "networks.safetensors", save_safetensors_bytes(tensors))
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        _write_file(tmp / "state.pt", buffer.getvalue())
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a resumed run): swap, never leave none
+            trash = folder / f".{final.name}.old"
+            shutil.rmtree(trash, ignore_errors=True)
+            os.replace(final, trash)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_run_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_run_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """Read a run checkpoint folder: ``({network: state dict}, state)``. Never executes code."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise CycleGANError(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_safetensors_bytes((path / "networks.safetensors").read_bytes())
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - damaged, truncated, missing, or unsafe (a pickle with code)
+        raise CycleGANError(f"checkpoint {path} is damaged or unsafe ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or "step" not in state:
+        raise CycleGANError(f"checkpoint {path} has no training state")
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, rest = key.partition(".")
+        states.setdefault(name, {})[rest] = value
+    missing = [n for n in NETWORK_NAMES if n not in states]
+    if missing:
+        raise CycleGANError(f"checkpoint {path} lacks the networks {', '.join(missing)}")
+    return states, state
+
+
+def load_latest_run_checkpoint(
+    run_dir: str | os.PathLike[str], warn: Any = None
+) -> tuple[Path, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """The newest run checkpoint of ``run_dir`` that loads; damaged ones are reported to ``warn``."""
+    candidates = list_run_checkpoints(run_dir)
+    if not candidates:
+        raise CycleGANError(
+            f"--resume: {resume_dir(run_dir)} holds no checkpoint; give the run folder with --output, or a "
+            "checkpoint folder with --resume PATH"
+        )
+    for path in reversed(candidates):
+        try:
+            networks, state = load_run_checkpoint(path)
+        except CycleGANError as exc:
+            if warn is not None:
+                warn(f"{exc}; trying an older checkpoint")
+            continue
+        return path, networks, state
+    raise CycleGANError(f"--resume: every checkpoint in {resume_dir(run_dir)} is damaged; nothing to resume from")

@@ -124,7 +124,7 @@ def load_image(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
         return convert_image(img, channels)
 
 
-def _check_one(path: Path, min_size: tuple[int, int] | None = None) -> str | None:
+def _check_one(path: Path, min_size: tuple[int, int] | None = None, min_label: str = "the crop") -> str | None:
     """Why ``path`` cannot be used, or None when it decodes (and is at least ``min_size`` = (w, h))."""
     try:
         if path.stat().st_size == 0:
@@ -137,7 +137,7 @@ def _check_one(path: Path, min_size: tuple[int, int] | None = None) -> str | Non
                 )
             img.load()
             if min_size is not None and (img.width < min_size[0] or img.height < min_size[1]):
-                return f"{img.width}x{img.height} pixels, smaller than the crop {min_size[0]}x{min_size[1]}"
+                return f"{img.width}x{img.height} pixels, smaller than {min_label} {min_size[0]}x{min_size[1]}"
     except Image.DecompressionBombError as exc:
         return f"over Pillow's decompression-bomb limit ({exc})"
     except Exception as exc:  # noqa: BLE001 - any decoder failure makes the file unusable
@@ -151,7 +151,8 @@ def _check_one(path: Path, min_size: tuple[int, int] | None = None) -> str | Non
 
 
 def scan_images(
-    paths: Sequence[Path], workers: int = 4, progress: bool = False, min_size: tuple[int, int] | None = None
+    paths: Sequence[Path], workers: int = 4, progress: bool = False, min_size: tuple[int, int] | None = None,
+    min_label: str = "the crop",
 ) -> list[tuple[Path, str]]:
     """Open and decode every file; return ``(path, reason)`` for each one that fails (or, with
     ``min_size`` = (width, height), is smaller)."""
@@ -161,7 +162,7 @@ def scan_images(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = pool.map(functools.partial(_check_one, min_size=min_size), paths)
+            results = pool.map(functools.partial(_check_one, min_size=min_size, min_label=min_label), paths)
             for path, reason in tqdm(
                 zip(paths, results), total=len(paths), desc="checking images", unit="img",
                 disable=not progress, leave=False,
@@ -417,7 +418,19 @@ class ImageDataset(Dataset):
         self.files_A = [p for p in self.files_A if p not in bad]
         self.files_B = [p for p in self.files_B if p not in bad]
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int, int]) -> dict[str, Any]:
+        """``dataset[i]`` draws from torch's global generator, as the reference does;
+        ``dataset[(seed, epoch, i)]`` (what ``EpochSampler`` yields) draws from a generator seeded
+        by the three numbers, so a sample is the same whichever worker loads it, and a run
+        resumed in the middle of an epoch sees exactly the samples it would have seen."""
+        if isinstance(key, tuple):
+            seed, epoch, index = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(seed, epoch, index))
+                return self._item(index)
+        return self._item(key)
+
+    def _item(self, index: int) -> dict[str, Any]:
         path_A = self.files_A[index % len(self.files_A)]
         if self.unaligned:
             path_B = self.files_B[int(torch.randint(0, len(self.files_B), (1,)).item())]
@@ -426,6 +439,42 @@ class ImageDataset(Dataset):
         item_A = self.transform_A(load_image(path_A, self.channels))
         item_B = self.transform_B(load_image(path_B, self.channels_B))
         return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for sample ``index`` of ``epoch`` of a run seeded ``seed``."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % 2**64
+    x ^= x >> 31
+    return x % 2**63
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields ``(seed, epoch, index)`` keys for ``ImageDataset``: the order of epoch ``e`` is a
+    permutation seeded by ``(seed, e)`` (or ``0..n-1`` without shuffling), started at ``start``.
+
+    The whole data order is a function of the seed, the epoch and the position, so a run can
+    stop anywhere and resume exactly with ``set_epoch(e, start=position)``.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n))
+        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self):
+        for index in self.order(self.epoch)[self.start:]:
+            yield (self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.n - self.start
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,10 +7,24 @@ and exits with status 2.
 
 from __future__ import annotations
 
-__all__ = ["CycleGANError"]
+__all__ = ["CycleGANError", "TrainingDiverged", "TrainingStopped"]
 
 
 class CycleGANError(Exception):
     """An error in what the user gave us, with a message that says what to do about it."""
 
     exit_code = 2
+
+
+class TrainingDiverged(CycleGANError):
+    """A loss became NaN or infinite; the run stopped, keeping its last good checkpoint."""
+
+    exit_code = 3
+
+
+class TrainingStopped(Exception):
+    """Training stopped on a signal after saving; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -69,6 +69,11 @@ class TrainConfig:
     device: str = "auto"
     seed: int | None = None
     overwrite: bool = False
+    resume: str | None = None
+    keep_checkpoints: int = 3
+    save_every_steps: int = 0
+    max_steps: int | None = None
+    bad_images: str = "error"
     # Networks (the official choices).
     arch: str = "reference"
     netG: str = "resnet"
@@ -171,8 +176,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help=_help("seed of every random generator", "random, recorded in config.json"))
     run.add_argument("--overwrite", action="store_true", help="start a new run in an --output folder that already "
                                                               "holds one")
+    run.add_argument("--resume", nargs="?", const="latest", metavar="PATH", help=(
+        "continue a stopped run exactly (weights, optimizers, LR schedule, replay buffers, data order, random "
+        "state): alone, from the newest valid checkpoint of the run folder (--output); or from the checkpoint "
+        "folder PATH. Flags given with it override the run's (network flags cannot change)"))
+    run.add_argument("--keep_checkpoints", type=int, help=_help(
+        "run checkpoints (for --resume) to keep, newest first", d.keep_checkpoints))
+    run.add_argument("--save_every_steps", type=int, help=_help(
+        "also save a run checkpoint every N steps (0: only at the end of each epoch)", d.save_every_steps))
+    run.add_argument("--max_steps", type=int, help=_help(
+        "stop after this many steps in all (saving, so that --resume continues)", "none"))
+    run.add_argument("--bad_images", choices=("error", "skip"), help=_help(
+        "unreadable, truncated, empty, non-image, oversized or smaller-than-crop files: stop with a list of "
+        "them (error) or leave them out (skip)", d.bad_images))
     run.add_argument("--config", metavar="FILE", help="YAML file of options (flag names as keys, e.g. a run's "
-                                                      "config.json); flags given on the command line win")
+                                                      "config.json; overwrite, resume and max_steps are not read "
+                                                      "from it); flags given on the command line win")
     run.add_argument("--print_config", action="store_true", help="print the resolved options as YAML and exit")
 
     net = p.add_argument_group("networks (official options)")
@@ -266,19 +285,13 @@ def _config_file_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
     return tokens
 
 
-def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
-    """Resolve flags (and ``--config``) into a config; also return the names set explicitly and
-    whether ``--print_config`` was asked for."""
-    parser = get_args_parser()
-    argv = list(argv)
-    first = parser.parse_args(argv)
-    if getattr(first, "config", None):
-        argv = _config_file_argv(first.config, parser) + argv
-    given = vars(parser.parse_args(argv))
-    print_config = bool(given.pop("print_config", False))
-    given.pop("config", None)
+# Flags that control one invocation, not the run: never read from a --config file or a resumed run.
+INVOCATION_FIELDS = ("overwrite", "resume", "max_steps")
 
-    # Official names mapped onto ours.
+
+def _resolve_aliases(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Map the official option names onto ours, refusing contradictions (``base``: the values
+    these flags are laid over, e.g. a config file's)."""
     if "crop_size" in given:
         crop = given.pop("crop_size")
         for flag in ("img_height", "img_width"):
@@ -299,10 +312,11 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
                 "--n_epochs_decay (official scheme) and --decay_epoch (reference scheme) cannot be combined: with "
                 "--n_epochs_decay, --n_epochs counts the epochs before the decay"
             )
-        if decay < 1:
-            raise CycleGANError(f"--n_epochs_decay {decay}: use 1 or more")
-        constant = given.get("n_epochs", TrainConfig.n_epochs)
-        given["decay_epoch"] = constant
+        constant = given.get("n_epochs", (base or {}).get("n_epochs", TrainConfig.n_epochs))
+        if decay < 1 or constant < 1:
+            raise CycleGANError(f"--n_epochs {constant} --n_epochs_decay {decay}: use 1 or more for each")
+        # The official rule, 1 - max(0, e + 1 - n) / (n_decay + 1), is LambdaLR with decay from n - 1.
+        given["decay_epoch"] = constant - 1
         given["n_epochs"] = constant + decay
     net_g = given.get("netG")
     if net_g in ("resnet_9blocks", "resnet_6blocks"):
@@ -312,13 +326,39 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
                 f"--netG {net_g} and --n_residual_blocks {given['n_residual_blocks']} disagree: give one of them"
             )
         given["netG"], given["n_residual_blocks"] = "resnet", blocks
-    arch = given.get("arch", TrainConfig.arch)
-    for key, value in ARCH_PRESETS[arch].items():
+    return given
+
+
+def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
+    """Resolve flags (and ``--config``) into a config; also return the names set explicitly (by a
+    flag or the file) and whether ``--print_config`` was asked for.
+
+    The file's values act as defaults that command-line flags replace, aliases and ``--arch``
+    presets included.
+    """
+    parser = get_args_parser()
+    cli = vars(parser.parse_args(list(argv)))
+    print_config = bool(cli.pop("print_config", False))
+    config_file = cli.pop("config", None)
+    from_file: dict[str, Any] = {}
+    if config_file:
+        from_file = vars(parser.parse_args(_config_file_argv(config_file, parser)))
+        for key in (*INVOCATION_FIELDS, "print_config", "config"):
+            from_file.pop(key, None)
+        from_file = _resolve_aliases(from_file)
+    cli = _resolve_aliases(cli, base=from_file)
+    given = dict(from_file)
+    if "arch" in cli:  # a preset on the command line replaces what the file says of its keys
+        for key in ARCH_PRESETS[cli["arch"]]:
+            given.pop(key, None)
+    given.update(cli)
+    explicit = set(given)
+    for key, value in ARCH_PRESETS[given.get("arch", TrainConfig.arch)].items():
         if key not in given:
             given[key] = value
-    explicit = set(given)
-    config = TrainConfig(**given)
-    return config, explicit, print_config
+            if "arch" in explicit:
+                explicit.add(key)
+    return TrainConfig(**given), explicit, print_config
 
 
 def validate(config: TrainConfig) -> None:
@@ -386,7 +426,11 @@ def validate(config: TrainConfig) -> None:
         )
     if config.checkpoint_interval == 0 or config.checkpoint_interval < -1:
         raise CycleGANError(f"--checkpoint_interval {config.checkpoint_interval}: use -1 (end only) or 1 or more")
-    for flag in ("n_residual_blocks", "n_cpu", "pool_size"):
+    if config.keep_checkpoints < 1:
+        raise CycleGANError(f"--keep_checkpoints {config.keep_checkpoints}: keep at least 1")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise CycleGANError(f"--max_steps {config.max_steps}: use 1 or more")
+    for flag in ("n_residual_blocks", "n_cpu", "pool_size", "save_every_steps"):
         if getattr(config, flag) < 0:
             raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 or more")
     if config.lr <= 0:
@@ -399,8 +443,14 @@ def validate(config: TrainConfig) -> None:
             raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 or more")
     if config.gan_mode == "wgangp" and config.pool_size > 0:
         raise CycleGANError(
-            f"--gan_mode wgangp with --pool_size {config.pool_size}: the gradient penalty is taken between real "
-            "images and the current fakes, so the replay buffer must be off: pass --pool_size 0"
+            f"--gan_mode wgangp with --pool_size {config.pool_size}: the Wasserstein critic estimates the distance "
+            "to the generator's current images, which a buffer of past fakes biases: pass --pool_size 0"
+        )
+    if config.load_size is not None and config.preprocess in ("reference", "crop", "none"):
+        raise CycleGANError(
+            f"--load_size {config.load_size} has no effect with --preprocess {config.preprocess}: use "
+            "--preprocess resize_and_crop, scale_width or scale_width_and_crop (the official default is "
+            "resize_and_crop)"
         )
     if config.netD in ("basic", "n_layers"):
         layers = 3 if config.netD == "basic" else config.n_layers_D

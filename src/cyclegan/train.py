@@ -18,25 +18,41 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
 from cyclegan import datasets
-from cyclegan.checkpoint import NETWORK_NAMES, checkpoint_path, list_checkpoints, load_checkpoint, save_networks
-from cyclegan.errors import CycleGANError
+from cyclegan.checkpoint import (
+    NETWORK_NAMES,
+    checkpoint_path,
+    list_checkpoints,
+    list_run_checkpoints,
+    load_checkpoint,
+    load_latest_run_checkpoint,
+    load_run_checkpoint,
+    resume_dir,
+    save_networks,
+    save_run_checkpoint,
+)
+from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss
 from cyclegan.models import define_D, define_G
-from cyclegan.options import ARCHITECTURE_FIELDS, TrainConfig, describe, get_args_parser, parse_config, validate
+from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig, describe, get_args_parser, parse_config, validate
 from cyclegan.utils import LambdaLR, ReplayBuffer, atomic_write, make_grid, save_image, seed_everything
 
 __all__ = ["TrainConfig", "get_args_parser", "build_networks", "build_optimizers", "build_schedulers",
@@ -255,16 +271,28 @@ def resolve_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunDa
     )
     workers = max(1, min(8, os.cpu_count() or 1))
     progress = sys.stderr.isatty()
-    min_size = (w, h) if config.preprocess == "crop" else None
-    problems = datasets.scan_images(sorted(set(train_set.files_A + train_set.files_B)), workers, progress, min_size)
-    problems += datasets.scan_images(sorted(set(val_set.files_A + val_set.files_B) - set(train_set.files_A)
-                                            - set(train_set.files_B)), workers, progress)
-    files = set(train_set.files_A + train_set.files_B + val_set.files_A + val_set.files_B)
+    if config.preprocess in ("none", "scale_width"):  # sizes vary: the discriminator's minimum
+        layers = {"basic": 3, "n_layers": config.n_layers_D}.get(config.netD, 0)
+        side = max(32, 3 * 2**layers)
+        min_size, min_label = (side, side), "the discriminator's minimum"
+    else:
+        min_size, min_label = (w, h), "the crop (--img_width x --img_height)"
+    files = sorted(set(train_set.files_A + train_set.files_B + val_set.files_A + val_set.files_B))
+    problems = datasets.scan_images(files, workers, progress, min_size, min_label)
     if problems:
         listing = "\n".join(f"  {path}: {reason}" for path, reason in problems)
-        raise CycleGANError(
-            f"{len(problems)} of {len(files)} image files cannot be read; fix or remove them:\n{listing}"
-        )
+        if config.bad_images == "error":
+            raise CycleGANError(
+                f"{len(problems)} of {len(files)} image files cannot be used; fix or remove them, or pass "
+                f"--bad_images skip to leave them out:\n{listing}"
+            )
+        log.warning("leaving out %d of %d image files (--bad_images skip):\n%s", len(problems), len(files), listing)
+        bad = {path for path, _ in problems}
+        for ds in (train_set, val_set):
+            ds.exclude(bad)
+            for folder, kept in ((ds.dir_A, ds.files_A), (ds.dir_B, ds.files_B)):
+                if not kept:
+                    raise CycleGANError(f"{folder}: no usable image is left once the bad files are left out")
     return RunData(root, train_set, val_set, demo)
 
 
@@ -281,7 +309,10 @@ def sample_images(nets: dict[str, nn.Module], batch: dict[str, torch.Tensor], pa
     G_AB.train()
     G_BA.train()
     n = real_A.size(0)
-    rows = [make_grid(x.cpu(), nrow=n) for x in (real_A, fake_B, real_B, fake_A)]
+    images = [x.cpu() for x in (real_A, fake_B, real_B, fake_A)]
+    if len({x.size(1) for x in images}) > 1:  # grey and colour domains: show grey as RGB
+        images = [x.expand(-1, 3, -1, -1) if x.size(1) == 1 else x for x in images]
+    rows = [make_grid(x, nrow=n) for x in images]
     save_image(torch.cat(rows, dim=1), path)
 
 
@@ -338,30 +369,134 @@ def check_same_architecture(config: TrainConfig, saved: dict[str, Any], path: Pa
 
 
 def prepare_run_dir(config: TrainConfig, run_dir: Path) -> None:
-    """Refuse to start a new run over an existing one unless asked to."""
-    if config.epoch == 0 and (run_dir / "config.json").exists() and not config.overwrite:
-        raise CycleGANError(
-            f"run folder {run_dir} already holds a run (config.json): continue it with --epoch N, "
-            "choose another --output, or pass --overwrite to start over in it"
-        )
+    """Refuse to start a new run over an existing one unless asked to; with ``--overwrite``, clear
+    the old run's checkpoints and samples so that nothing of it can be mistaken for the new one."""
+    if config.epoch == 0 and (run_dir / "config.json").exists():
+        if not config.overwrite:
+            raise CycleGANError(
+                f"run folder {run_dir} already holds a run (config.json): continue it with --resume, "
+                "choose another --output, or pass --overwrite to start over in it"
+            )
+        for name in ("checkpoints", "samples"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / "diverged_batch.txt").unlink(missing_ok=True)
 
 
-def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
-    """Train as the config says; returns the run folder."""
-    validate(config)
+def rng_state() -> dict[str, Any]:
+    """The RNG states of Python, NumPy and torch (and CUDA), as tensors and plain containers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def buffers_state(buffers: dict[str, ReplayBuffer | None]) -> dict[str, Any]:
+    return {
+        k: None if b is None else {"data": torch.cat(b.data).cpu() if b.data else None, "rng": b.rng.getstate()}
+        for k, b in buffers.items()
+    }
+
+
+def load_buffers_state(buffers: dict[str, ReplayBuffer | None], state: dict[str, Any], device: torch.device) -> None:
+    for k, b in buffers.items():
+        saved = state.get(k)
+        if b is None or saved is None:
+            continue
+        b.data = [] if saved["data"] is None else [x.to(device) for x in saved["data"].split(1)][: b.max_size]
+        b.rng.setstate(saved["rng"])
+
+
+class StopSignals:
+    """SIGINT / SIGTERM: the first asks training to stop after the current step; a second stops at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: default behaviour, now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning("%s received: stopping after this step (send it again to stop at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, Path, Path, dict, dict]:
+    """The config of the run to resume, overridden by the flags given now; its checkpoint."""
+    if config.resume == "latest":
+        run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
+        path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning)
+    else:
+        path = Path(config.resume)
+        states, state = load_run_checkpoint(path)
+        path = path if path.is_dir() else path.parent
+        run_dir = Path(config.output) if "output" in explicit else path.parent.parent.parent
+    saved = state["config"]
+    defaults = TrainConfig().to_json()
+    merged = {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in INVOCATION_FIELDS}}
+    changed = {k: getattr(config, k) for k in explicit if k in defaults and getattr(config, k) != merged.get(k)}
+    changed.pop("resume", None)
+    check_same_architecture(TrainConfig(**{**merged, **changed}), saved, path)
+    for k, v in changed.items():
+        if k not in ("output", *INVOCATION_FIELDS):
+            log.info("on resume: --%s %s (the run had %s)", k, v, merged.get(k))
+    merged.update(changed)
+    merged["resume"], merged["output"] = config.resume, str(run_dir)
+    return TrainConfig(**merged), run_dir, path, states, state
+
+
+def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[str] | None = None) -> Path:
+    """Train as the config says; returns the run folder. Raises ``TrainingStopped`` after a
+    signal (having saved), ``TrainingDiverged`` on a non-finite loss, ``CycleGANError`` on bad input."""
+    explicit = set() if explicit is None else explicit
+    net_states = state = None
+    start_from: Path | None = None
+    if config.resume:
+        config, run_dir, start_from, net_states, state = resume_config(config, explicit)
+        validate(config)
+        dataset_name_given = True
+    else:
+        validate(config)
     device = resolve_device(config.device)
     data_root = choose_dataset(config, dataset_name_given)
-    run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
-    prepare_run_dir(config, run_dir)
-    start_states, start_from = None, None
-    if config.epoch > 0:
+    if not config.resume:
+        run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
+        prepare_run_dir(config, run_dir)
+    if config.epoch > 0 and not config.resume:  # the reference's restart: weights only
         ckpt = checkpoint_path(run_dir, config.epoch)
         if not ckpt.is_file():
             saved = ", ".join(str(e) for e in list_checkpoints(run_dir)) or "none"
             raise CycleGANError(
                 f"--epoch {config.epoch}: no checkpoint {ckpt} (epochs saved in {run_dir}: {saved})"
             )
-        start_states, meta = load_checkpoint(ckpt)
+        net_states, meta = load_checkpoint(ckpt)
         start_from = ckpt
         check_same_architecture(config, meta.get("config", {}), ckpt)
 
@@ -371,20 +506,30 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
     seed_everything(config.seed)
 
     nets = build_networks(config)
-    if start_states is not None:
+    if net_states is not None:
         for name in NETWORK_NAMES:
-            nets[name].load_state_dict(start_states[name])
+            nets[name].load_state_dict(net_states[name])
     for net in nets.values():
         net.to(device)
     optimizers = build_optimizers(nets, config)
     schedulers = build_schedulers(optimizers, config)
     buffers = {k: ReplayBuffer(config.pool_size) if config.pool_size > 0 else None for k in ("A", "B")}
 
+    start_epoch, start_batch, step, loss_G_sum = config.epoch, 0, 0, 0.0
+    if state is not None:
+        for k, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for k, sched in schedulers.items():
+            sched.load_state_dict(state["schedulers"][k])
+        load_buffers_state(buffers, state["buffers"], device)
+        start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
+        loss_G_sum = state.get("loss_G_sum", 0.0)
+        set_rng_state(state["rng"])
+
     workers = min(config.n_cpu, os.cpu_count() or 1)
-    generator = torch.Generator().manual_seed(config.seed)
+    sampler = datasets.EpochSampler(len(data.train), config.seed, shuffle=not config.serial_batches)
     loader = DataLoader(
-        data.train, batch_size=config.batch_size, shuffle=not config.serial_batches, num_workers=workers,
-        generator=generator,
+        data.train, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
     n_val = min(5, len(data.val))
@@ -397,43 +542,95 @@ def train(config: TrainConfig, dataset_name_given: bool = True) -> Path:
         "training on %s (%d images in A, %d in B) on %s, run folder %s, seed %d",
         data.root, len(data.train.files_A), len(data.train.files_B), device, run_dir, config.seed,
     )
-
     if start_from is not None:
-        log.info("starting from %s (epoch %d of %d)", start_from, config.epoch + 1, config.n_epochs)
+        log.info("starting from %s (epoch %d of %d, step %d)", start_from, start_epoch + 1, config.n_epochs, step)
+
+    def save_run(epoch: int, batch: int) -> Path:
+        run_state = {
+            "format": 1, "epoch": epoch, "batch": batch, "step": step, "loss_G_sum": loss_G_sum,
+            "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "buffers": buffers_state(buffers), "rng": rng_state(), "config": config.to_json(),
+        }
+        try:
+            return save_run_checkpoint(run_dir, step, nets, run_state, keep=config.keep_checkpoints)
+        except OSError as exc:
+            raise CycleGANError(
+                f"could not save a checkpoint in {resume_dir(run_dir)} ({exc.strerror or exc}); the previous "
+                "checkpoints are intact: free some space and continue with --resume"
+            ) from exc
+
     n_batches = len(loader)
-    total_batches = (config.n_epochs - config.epoch) * n_batches
+    total_batches = (config.n_epochs - start_epoch) * n_batches - start_batch
     done_batches = 0
     start = time.perf_counter()
-    for epoch in range(config.epoch, config.n_epochs):
-        progress = Progress(n_batches, epoch, config.n_epochs, done_batches, total_batches)
-        loss_G_sum = 0.0
-        for i, batch in enumerate(loader):
-            t0 = time.perf_counter()
-            real_A = batch["A"].to(device, non_blocking=True)
-            real_B = batch["B"].to(device, non_blocking=True)
-            losses = train_step(nets, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
-                                config.gan_mode, config.lambda_gp)
-            values = {k: float(v) for k, v in losses.items()}
-            loss_G_sum += values["G"]
-            step_s = time.perf_counter() - t0
-            done_batches += 1
-            elapsed = time.perf_counter() - start
-            eta = elapsed / done_batches * (total_batches - done_batches)
-            progress.update(i, values, real_A.size(0) / max(step_s, 1e-9), eta)
-            batches_done = epoch * n_batches + i
-            if batches_done % config.sample_interval == 0:
-                sample_images(nets, val_batch, run_dir / "samples" / f"{batches_done:07d}.png", device)
-        progress.close()
-        step_schedulers(schedulers, loss_G_sum / max(1, n_batches))
-        completed = epoch + 1
-        if completed == config.n_epochs or (
-            config.checkpoint_interval != -1 and completed % config.checkpoint_interval == 0
-        ):
-            path = save_networks(
-                checkpoint_path(run_dir, completed), nets, {"epoch": completed, "config": config.to_json()}
-            )
-            log.info("saved %s", path)
-    log.info("done: %d epochs in %s, run folder %s", config.n_epochs - config.epoch,
+    with StopSignals() as stop:
+        for epoch in range(start_epoch, config.n_epochs):
+            first = start_batch if epoch == start_epoch else 0
+            if epoch != start_epoch:
+                loss_G_sum = 0.0
+            sampler.set_epoch(epoch, first * config.batch_size)
+            progress = Progress(n_batches, epoch, config.n_epochs, done_batches, total_batches)
+            stopping = False
+            i = first - 1
+            for i, batch in enumerate(loader, start=first):
+                t0 = time.perf_counter()
+                real_A = batch["A"].to(device, non_blocking=True)
+                real_B = batch["B"].to(device, non_blocking=True)
+                losses = train_step(nets, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
+                                    config.gan_mode, config.lambda_gp)
+                values = {k: float(v) for k, v in losses.items()}
+                bad = [k for k, v in values.items() if not math.isfinite(v)]
+                if bad:
+                    report = run_dir / "diverged_batch.txt"
+                    with atomic_write(report, "w") as f:
+                        f.write(f"step {step + 1}, epoch {epoch + 1}, batch {i + 1}: loss {', '.join(bad)} "
+                                f"is not finite\n")
+                        f.writelines(f"A {p}\n" for p in batch["A_path"])
+                        f.writelines(f"B {p}\n" for p in batch["B_path"])
+                    last = list_run_checkpoints(run_dir)
+                    raise TrainingDiverged(
+                        f"loss {', '.join(bad)} became {values[bad[0]]} at step {step + 1} (epoch {epoch + 1}, batch "
+                        f"{i + 1}); the batch's files are listed in {report}. The last good checkpoint is "
+                        f"{last[-1] if last else 'none'}: lower --lr, check those images, and --resume"
+                    )
+                step += 1
+                loss_G_sum += values["G"]
+                step_s = time.perf_counter() - t0
+                done_batches += 1
+                elapsed = time.perf_counter() - start
+                eta = elapsed / done_batches * (total_batches - done_batches)
+                progress.update(i, values, real_A.size(0) / max(step_s, 1e-9), eta)
+                batches_done = epoch * n_batches + i
+                if batches_done % config.sample_interval == 0:
+                    sample_images(nets, val_batch, run_dir / "samples" / f"{batches_done:07d}.png", device)
+                stopping = stop.signum is not None or (config.max_steps is not None and step >= config.max_steps)
+                if i + 1 < n_batches and (stopping or (config.save_every_steps and step % config.save_every_steps == 0)):
+                    save_run(epoch, i + 1)
+                if stopping:
+                    break
+            progress.close()
+            if i + 1 == n_batches:  # the epoch is complete
+                step_schedulers(schedulers, loss_G_sum / max(1, n_batches))
+                completed = epoch + 1
+                if completed == config.n_epochs or (
+                    config.checkpoint_interval != -1 and completed % config.checkpoint_interval == 0
+                ):
+                    path = save_networks(
+                        checkpoint_path(run_dir, completed), nets, {"epoch": completed, "config": config.to_json()}
+                    )
+                    log.info("saved %s", path)
+                save_run(completed, 0)
+            if stopping:
+                resume_cmd = f"cyclegan train --resume --output {run_dir}"
+                if stop.signum is not None:
+                    raise TrainingStopped(
+                        f"stopped by {signal.Signals(stop.signum).name} at step {step}; continue with: {resume_cmd}",
+                        128 + stop.signum,
+                    )
+                log.info("stopped at --max_steps %d; continue with: %s", step, resume_cmd)
+                return run_dir
+    log.info("done: %d epochs in %s, run folder %s", config.n_epochs - start_epoch,
              format_eta(time.perf_counter() - start), run_dir)
     return run_dir
 
@@ -455,7 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             validate(config)
             print(describe(config), end="")
             return 0
-        train(config, dataset_name_given="dataset_name" in explicit)
+        train(config, dataset_name_given="dataset_name" in explicit, explicit=explicit)
+    except TrainingStopped as exc:
+        log.warning("%s", exc)
+        return exc.exit_code
     except CycleGANError as exc:
         log.error("%s", exc)
         return exc.exit_code
