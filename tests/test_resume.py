@@ -147,6 +147,20 @@ def test_sigterm_saves_and_exits_143_then_resume_continues(image_folders, tmp_pa
     assert load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"] == step + 1
 
 
+def test_a_second_signal_stops_at_once(image_folders, tmp_path):
+    run = tmp_path / "run"
+    proc = start_training(image_folders, run, "--save_every_steps", "0")
+    assert wait_for(lambda: (run / "config.json").exists())
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    for line in proc.stderr:  # the first one is handled: training will stop after this step
+        if "SIGTERM received" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # killed by the signal itself, not a graceful 143
+
+
 def two_checkpoints(data: Path, run: Path) -> list[Path]:
     result = run_cli("train", "--dataroot", str(data), "--output", str(run), *RUN, "--max_steps", "3",
                      "--save_every_steps", "1")

@@ -427,8 +427,11 @@ class StopSignals:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
+        self.pid = os.getpid()
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:  # a data-loader worker (forked with this handler): the main process decides
+            return
         if self.signum is not None:  # second signal: default behaviour, now
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
