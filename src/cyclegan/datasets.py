@@ -454,27 +454,44 @@ class EpochSampler(torch.utils.data.Sampler):
 
     The whole data order is a function of the seed, the epoch and the position, so a run can
     stop anywhere and resume exactly with ``set_epoch(e, start=position)``.
+
+    With ``world_size`` > 1 each rank takes its ``batch_size`` slice of every global batch of
+    ``batch_size * world_size`` keys (the last global batch filled from the epoch's start), so N
+    processes see together exactly what one process sees with an N times larger batch. ``start``
+    then counts this rank's keys.
     """
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1) -> None:
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(self.n))
-        g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
-        return torch.randperm(self.n, generator=g).tolist()
+        if self.shuffle:
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, -1))
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.world_size == 1:
+            return order
+        step = self.batch_size * self.world_size
+        padded = order + order[: (-len(order)) % step]
+        mine = []
+        for start in range(0, len(padded), step):
+            first = start + self.rank * self.batch_size
+            mine += padded[first : first + self.batch_size]
+        return mine
 
     def __iter__(self):
         for index in self.order(self.epoch)[self.start:]:
             yield (self.seed, self.epoch, index)
 
     def __len__(self) -> int:
-        return self.n - self.start
+        return len(self.order(self.epoch)) - self.start if self.world_size > 1 else self.n - self.start
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from cyclegan.checkpoint import (
     save_networks,
     save_run_checkpoint,
 )
+from cyclegan.distributed import any_rank, barrier, broadcast_int, init_distributed, shutdown, unwrap, wrap
 from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss
 from cyclegan.models import define_D, define_G
@@ -152,6 +153,13 @@ def train_step(
     each discriminator loss adds the gradient penalty.
     """
     G_AB, G_BA, D_A, D_B = (nets[n] for n in NETWORK_NAMES)
+    # The generator update needs the discriminators' outputs, not their weight gradients (the
+    # reference computes those too, then zeroes them before the discriminator update): freeze them,
+    # and call the unwrapped modules so that DistributedDataParallel syncs each network once a step.
+    D_A_g, D_B_g = unwrap(D_A), unwrap(D_B)
+    frozen = [p for p in itertools.chain(D_A_g.parameters(), D_B_g.parameters()) if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
 
     # Generators
     G_AB.train()
@@ -164,9 +172,9 @@ def train_step(
     else:  # no identity loss (and domains may differ in channels): skip the two generator calls
         loss_identity = torch.zeros((), device=real_A.device)
     fake_B = G_AB(real_A)
-    loss_GAN_AB = gan_loss(D_B(fake_B), True, gan_mode)
+    loss_GAN_AB = gan_loss(D_B_g(fake_B), True, gan_mode)
     fake_A = G_BA(real_B)
-    loss_GAN_BA = gan_loss(D_A(fake_A), True, gan_mode)
+    loss_GAN_BA = gan_loss(D_A_g(fake_A), True, gan_mode)
     loss_GAN = (loss_GAN_AB + loss_GAN_BA) / 2
     recov_A = G_BA(fake_B)
     loss_cycle_A = cycle_loss(recov_A, real_A)
@@ -176,6 +184,8 @@ def train_step(
     loss_G = loss_GAN + lambda_cyc * loss_cycle + lambda_id * loss_identity
     loss_G.backward()
     optimizers["G"].step()
+    for p in frozen:
+        p.requires_grad_(True)
 
     # Discriminator A
     optimizers["D_A"].zero_grad()
@@ -488,10 +498,14 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     else:
         validate(config)
     device = resolve_device(config.device)
+    env, device = init_distributed(device)
+    if not env.is_main:
+        logging.getLogger("cyclegan").setLevel(logging.WARNING)
     data_root = choose_dataset(config, dataset_name_given)
     if not config.resume:
         run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
-        prepare_run_dir(config, run_dir)
+        if env.is_main:
+            prepare_run_dir(config, run_dir)
     if config.epoch > 0 and not config.resume:  # the reference's restart: weights only
         ckpt = checkpoint_path(run_dir, config.epoch)
         if not ckpt.is_file():
@@ -503,10 +517,14 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
         start_from = ckpt
         check_same_architecture(config, meta.get("config", {}), ckpt)
 
+    if env.enabled and data_root is None:  # the demo data: written once, by rank 0
+        if env.is_main:
+            resolve_data(config, data_root, run_dir)
+        barrier(env)
     data = resolve_data(config, data_root, run_dir)
-    if config.seed is None:
-        config.seed = random.SystemRandom().randrange(2**31)
-    seed_everything(config.seed)
+    if config.seed is None:  # every rank must draw the same data order: rank 0's choice
+        config.seed = broadcast_int(random.SystemRandom().randrange(2**31), env, device)
+    seed_everything(config.seed + env.rank)  # per-rank model randomness; rank 0's weights are broadcast
 
     nets = build_networks(config)
     if net_states is not None:
@@ -515,6 +533,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     for net in nets.values():
         net.to(device)
     optimizers = build_optimizers(nets, config)
+    trained = {name: wrap(net, env, device) for name, net in nets.items()}
     schedulers = build_schedulers(optimizers, config)
     buffers = {k: ReplayBuffer(config.pool_size) if config.pool_size > 0 else None for k in ("A", "B")}
 
@@ -530,7 +549,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
         set_rng_state(state["rng"])
 
     workers = min(config.n_cpu, os.cpu_count() or 1)
-    sampler = datasets.EpochSampler(len(data.train), config.seed, shuffle=not config.serial_batches)
+    sampler = datasets.EpochSampler(len(data.train), config.seed, shuffle=not config.serial_batches,
+                                    rank=env.rank, world_size=env.world_size, batch_size=config.batch_size)
     loader = DataLoader(
         data.train, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
@@ -538,17 +558,23 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     n_val = min(5, len(data.val))
     val_batch = torch.utils.data.default_collate([data.val[k] for k in range(n_val)])
 
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    with atomic_write(run_dir / "config.json", "w") as f:
-        json.dump(config.to_json(), f, indent=2)
+    if env.is_main:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        with atomic_write(run_dir / "config.json", "w") as f:
+            json.dump(config.to_json(), f, indent=2)
     log.info(
         "training on %s (%d images in A, %d in B) on %s, run folder %s, seed %d",
         data.root, len(data.train.files_A), len(data.train.files_B), device, run_dir, config.seed,
     )
+    if env.enabled:
+        log.info("%d processes (torchrun): batch %d per process, global batch %d", env.world_size,
+                 config.batch_size, config.batch_size * env.world_size)
     if start_from is not None:
         log.info("starting from %s (epoch %d of %d, step %d)", start_from, start_epoch + 1, config.n_epochs, step)
 
-    def save_run(epoch: int, batch: int) -> Path:
+    def save_run(epoch: int, batch: int) -> Path | None:
+        if not env.is_main:
+            return None
         run_state = {
             "format": 1, "epoch": epoch, "batch": batch, "step": step, "loss_G_sum": loss_G_sum,
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -580,7 +606,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                 t0 = time.perf_counter()
                 real_A = batch["A"].to(device, non_blocking=True)
                 real_B = batch["B"].to(device, non_blocking=True)
-                losses = train_step(nets, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
+                losses = train_step(trained, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
                                     config.gan_mode, config.lambda_gp)
                 values = {k: float(v) for k, v in losses.items()}
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
@@ -603,11 +629,12 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                 done_batches += 1
                 elapsed = time.perf_counter() - start
                 eta = elapsed / done_batches * (total_batches - done_batches)
-                progress.update(i, values, real_A.size(0) / max(step_s, 1e-9), eta)
+                progress.update(i, values, real_A.size(0) * env.world_size / max(step_s, 1e-9), eta)
                 batches_done = epoch * n_batches + i
-                if batches_done % config.sample_interval == 0:
+                if batches_done % config.sample_interval == 0 and env.is_main:
                     sample_images(nets, val_batch, run_dir / "samples" / f"{batches_done:07d}.png", device)
-                stopping = stop.signum is not None or (config.max_steps is not None and step >= config.max_steps)
+                stopping = any_rank(stop.signum is not None, env, device) or (
+                    config.max_steps is not None and step >= config.max_steps)
                 if i + 1 < n_batches and (stopping or (config.save_every_steps and step % config.save_every_steps == 0)):
                     save_run(epoch, i + 1)
                 if stopping:
@@ -616,9 +643,9 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
             if i + 1 == n_batches:  # the epoch is complete
                 step_schedulers(schedulers, loss_G_sum / max(1, n_batches))
                 completed = epoch + 1
-                if completed == config.n_epochs or (
+                if env.is_main and (completed == config.n_epochs or (
                     config.checkpoint_interval != -1 and completed % config.checkpoint_interval == 0
-                ):
+                )):
                     path = save_networks(
                         checkpoint_path(run_dir, completed), nets, {"epoch": completed, "config": config.to_json()}
                     )
@@ -626,13 +653,15 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                 save_run(completed, 0)
             if stopping:
                 resume_cmd = f"cyclegan train --resume --output {run_dir}"
-                if stop.signum is not None:
+                if config.max_steps is None or step < config.max_steps:  # a signal, here or on another rank
+                    signum = stop.signum or signal.SIGTERM
                     raise TrainingStopped(
-                        f"stopped by {signal.Signals(stop.signum).name} at step {step}; continue with: {resume_cmd}",
-                        128 + stop.signum,
+                        f"stopped by {signal.Signals(signum).name} at step {step}; continue with: {resume_cmd}",
+                        128 + signum,
                     )
                 log.info("stopped at --max_steps %d; continue with: %s", step, resume_cmd)
                 return run_dir
+    barrier(env)
     log.info("done: %d epochs in %s, run folder %s", config.n_epochs - start_epoch,
              format_eta(time.perf_counter() - start), run_dir)
     return run_dir
@@ -662,6 +691,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CycleGANError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    finally:
+        shutdown()
     return 0
 
 
