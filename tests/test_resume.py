@@ -48,13 +48,17 @@ def assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
-def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--gan_mode", "wgangp", "--pool_size", "0", "--use_dropout")],
+                         ids=["reference", "wgangp-dropout"])
+def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_path, extra):
     # 4 batches an epoch, 12 steps; the learning rate halves at epoch 3, after the resume point.
+    # The second case draws random numbers in the step itself (dropout, the penalty's mixing).
     straight = tmp_path / "straight"
-    assert run_cli("train", "--dataroot", str(image_folders), "--output", str(straight), *RUN).returncode == 0
+    result = run_cli("train", "--dataroot", str(image_folders), "--output", str(straight), *RUN, *extra)
+    assert result.returncode == 0, result.stderr
     split = tmp_path / "split"
-    first = run_cli("train", "--dataroot", str(image_folders), "--output", str(split), *RUN, "--max_steps", "6",
-                    "--n_cpu", "2")
+    first = run_cli("train", "--dataroot", str(image_folders), "--output", str(split), *RUN, *extra,
+                    "--max_steps", "6", "--n_cpu", "2")
     assert first.returncode == 0, first.stderr
     assert "stopped at --max_steps 6" in first.stderr and "--resume" in first.stderr
     assert [p.name for p in list_run_checkpoints(split)][-1] == "step_000000006"
@@ -70,6 +74,7 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
     assert_same_tensors(nets_a, nets_b, "networks")
     assert_same_tensors(state_a["optimizers"], state_b["optimizers"], "optimizers")
     assert_same_tensors(state_a["buffers"], state_b["buffers"], "replay buffers")
+    assert_same_tensors(state_a["rng"]["torch"], state_b["rng"]["torch"], "torch RNG")
     # The schedule crossed the resume point: full rate at step 6, half in epoch 3, zero after it.
     assert state_a["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0
 
@@ -105,7 +110,7 @@ def test_sigkill_at_any_moment_never_loses_more_than_the_save_interval(image_fol
     run = tmp_path / "run"
     rng = random.Random(0)
     last_step = 0
-    for attempt in range(6):
+    for attempt in range(4):
         extra = ("--resume",) if attempt else ()
         proc = start_training(image_folders, run, *extra)
         try:
@@ -131,6 +136,8 @@ def test_sigkill_at_any_moment_never_loses_more_than_the_save_interval(image_fol
     assert result.returncode == 0, result.stderr
     assert f"step {last_step})" in result.stderr
     assert load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"] == last_step + 2
+    leftovers = [p.name for p in (run / "checkpoints" / "resume").iterdir() if p.name.startswith(".")]
+    assert not leftovers  # temp folders of killed saves are cleaned up on the next start
 
 
 def test_sigterm_saves_and_exits_143_then_resume_continues(image_folders, tmp_path):
@@ -234,6 +241,49 @@ def test_resume_reports_changed_flags_and_refuses_other_networks(image_folders, 
     refused = run_cli("train", "--resume", "--output", str(run), "--ngf", "16", "--norm", "batch", "--netD", "basic")
     assert refused.returncode == 2
     assert "--ngf 16 (checkpoint: 64)" in refused.stderr and "--norm batch (checkpoint: instance)" in refused.stderr
+
+
+def lr_and_betas(run: Path) -> tuple[float, tuple]:
+    group = load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["optimizers"]["G"]["param_groups"][0]
+    return group["lr"], tuple(group["betas"])
+
+
+def test_flags_changed_on_resume_take_effect(image_folders, tmp_path):
+    run = tmp_path / "run"
+    two_checkpoints(image_folders, run)
+    result = run_cli("train", "--resume", "--output", str(run), "--lr", "0.0001", "--b1", "0.9", "--max_steps", "4")
+    assert result.returncode == 0, result.stderr
+    assert lr_and_betas(run) == (pytest.approx(0.0001), (0.9, 0.999))
+
+
+def test_a_finished_run_can_be_extended(image_folders, tmp_path):
+    run = tmp_path / "run"
+    common = ("--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--batch_size", "4")
+    assert run_cli("train", *common, "--n_epochs", "1", "--decay_epoch", "0").returncode == 0
+    assert lr_and_betas(run)[0] == 0.0  # the schedule ended
+    again = run_cli("train", "--resume", "--output", str(run))
+    assert again.returncode == 0 and "already finished" in again.stderr
+    longer = run_cli("train", "--resume", "--output", str(run), "--n_epochs", "4", "--decay_epoch", "2")
+    assert longer.returncode == 0, longer.stderr
+    states = [load_run_checkpoint(p)[1] for p in list_run_checkpoints(run)]
+    # epochs 2, 3 at the full rate again, epoch 4 at half; the last state holds the rate after epoch 4: 0
+    assert [s["step"] for s in states] == [2, 3, 4]
+    assert [s["optimizers"]["G"]["param_groups"][0]["lr"] for s in states] == pytest.approx([0.0002, 0.0001, 0.0])
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(image_folders, tmp_path):
+    run = tmp_path / "run"
+    saved = two_checkpoints(image_folders, run)  # steps 1, 2, 3
+    result = run_cli("train", "--resume", str(saved[0]), "--max_steps", "2", "--keep_checkpoints", "1")
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in list_run_checkpoints(run)] == ["step_000000002"]
+    assert load_run_checkpoint(list_run_checkpoints(run)[0])[1]["step"] == 2
+    aside = sorted(p.name for p in (run / "checkpoints" / "resume").iterdir() if "abandoned" in p.name)
+    assert aside == ["step_000000002.abandoned", "step_000000003.abandoned"]
+    as_run_folder = run_cli("train", "--resume", str(run), "--max_steps", "3")
+    assert as_run_folder.returncode == 0, as_run_folder.stderr
+    networks_only = run_cli("train", "--resume", str(run / "checkpoints" / "epoch_1.safetensors"))
+    assert networks_only.returncode == 2
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_term_and_the_files(image_folders, tmp_path, monkeypatch):

@@ -200,8 +200,38 @@ def save_run_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     for old in list_run_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != final:  # never the one just written
+            shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename a run checkpoint so that --resume and pruning no longer see it (nothing is deleted)."""
+    target = path.with_name(f"{path.name}.{why}")
+    k = 1
+    while target.exists():
+        target = path.with_name(f"{path.name}.{why}{k}")
+        k += 1
+    os.replace(path, target)
+    return target
+
+
+def clean_run_checkpoints(run_dir: str | os.PathLike[str]) -> None:
+    """Tidy what a process killed while saving left: finish an interrupted swap, drop temp folders."""
+    import shutil
+
+    folder = resume_dir(run_dir)
+    if not folder.is_dir():
+        return
+    for p in folder.iterdir():
+        if p.name.startswith(".") and p.name.endswith(".old"):
+            final = folder / p.name[1:-4]
+            if final.exists():
+                shutil.rmtree(p, ignore_errors=True)
+            else:  # killed between the two renames: the old checkpoint is the whole one
+                os.replace(p, final)
+        elif p.name.startswith(".") and p.name.endswith(".tmp"):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def load_run_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
@@ -242,8 +272,9 @@ def load_latest_run_checkpoint(
         try:
             networks, state = load_run_checkpoint(path)
         except CycleGANError as exc:
+            aside = set_aside(path, "damaged")
             if warn is not None:
-                warn(f"{exc}; trying an older checkpoint")
+                warn(f"{exc}; set aside as {aside.name}, trying an older checkpoint")
             continue
         return path, networks, state
     raise CycleGANError(f"--resume: every checkpoint in {resume_dir(run_dir)} is damaged; nothing to resume from")

@@ -45,9 +45,11 @@ from cyclegan.checkpoint import (
     load_checkpoint,
     load_latest_run_checkpoint,
     load_run_checkpoint,
+    clean_run_checkpoints,
     resume_dir,
     save_networks,
     save_run_checkpoint,
+    set_aside,
 )
 from cyclegan.distributed import any_rank, barrier, broadcast_int, init_distributed, shutdown, unwrap, wrap
 from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
@@ -461,16 +463,33 @@ class StopSignals:
             signal.signal(sig, handler)
 
 
-def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig, Path, Path, dict, dict]:
-    """The config of the run to resume, overridden by the flags given now; its checkpoint."""
-    if config.resume == "latest":
+def resume_config(
+    config: TrainConfig, explicit: set[str], is_main: bool = True
+) -> tuple[TrainConfig, Path, Path, dict, dict, dict]:
+    """The config of the run to resume, overridden by the flags given now; its checkpoint; the
+    flags that changed."""
+    given = Path(config.resume).resolve() if config.resume != "latest" else None
+    if given is not None and (given / "checkpoints").is_dir():  # a run folder
+        config.output, given = str(given), None
+    if given is None:
         run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
-        path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning)
+        if is_main:
+            clean_run_checkpoints(run_dir)
+        path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning if is_main else None)
     else:
-        path = Path(config.resume)
-        states, state = load_run_checkpoint(path)
-        path = path if path.is_dir() else path.parent
+        if given.suffix == ".safetensors" and given.name.startswith("epoch_"):
+            raise CycleGANError(
+                f"--resume {given}: that file holds the networks only; continue from it with --epoch "
+                f"{given.stem.removeprefix('epoch_')} (or resume from a folder under checkpoints/resume)"
+            )
+        states, state = load_run_checkpoint(given)
+        path = given if given.is_dir() else given.parent
         run_dir = Path(config.output) if "output" in explicit else path.parent.parent.parent
+        if is_main:  # checkpoints after the one resumed from belong to an abandoned future
+            for newer in list_run_checkpoints(run_dir):
+                if int(newer.name.removeprefix("step_")) > state["step"]:
+                    log.warning("set aside %s (newer than the checkpoint resumed from)",
+                                set_aside(newer, "abandoned"))
     saved = state["config"]
     defaults = TrainConfig().to_json()
     merged = {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in INVOCATION_FIELDS}}
@@ -482,7 +501,36 @@ def resume_config(config: TrainConfig, explicit: set[str]) -> tuple[TrainConfig,
             log.info("on resume: --%s %s (the run had %s)", k, v, merged.get(k))
     merged.update(changed)
     merged["resume"], merged["output"] = config.resume, str(run_dir)
-    return TrainConfig(**merged), run_dir, path, states, state
+    return TrainConfig(**merged), run_dir, path, states, state, changed
+
+
+SCHEDULE_FIELDS = ("lr", "b1", "b2", "n_epochs", "decay_epoch", "lr_policy", "lr_decay_iters")
+
+
+def apply_schedule_changes(optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                           config: TrainConfig, old_lr: float) -> None:
+    """After loading a run's optimizer and scheduler states, make flags changed on resume count:
+    betas, the base learning rate and the schedule, with the rate of the current epoch recomputed."""
+    for name, opt in optimizers.items():
+        sched = schedulers[name]
+        epoch = getattr(sched, "last_epoch", 0)
+        for k, group in enumerate(opt.param_groups):
+            group["betas"] = (config.b1, config.b2)
+            group["initial_lr"] = config.lr
+            if config.lr_policy == "linear":
+                group["lr"] = config.lr * LambdaLR(config.n_epochs, config.epoch, config.decay_epoch).step(epoch)
+            elif config.lr_policy == "step":
+                sched.step_size = config.lr_decay_iters
+                group["lr"] = config.lr * 0.1 ** (epoch // config.lr_decay_iters)
+            elif config.lr_policy == "cosine":
+                sched.T_max = config.n_epochs
+                group["lr"] = config.lr * (1 + math.cos(math.pi * min(epoch, config.n_epochs) / config.n_epochs)) / 2
+            else:  # plateau: keep its reductions, rescaled to the new base rate
+                group["lr"] = group["lr"] * config.lr / old_lr
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [config.lr] * len(opt.param_groups)
+        if hasattr(sched, "_last_lr"):
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
 
 
 def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[str] | None = None) -> Path:
@@ -491,8 +539,10 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     explicit = set() if explicit is None else explicit
     net_states = state = None
     start_from: Path | None = None
+    changed: dict[str, Any] = {}
     if config.resume:
-        config, run_dir, start_from, net_states, state = resume_config(config, explicit)
+        is_main = int(os.environ.get("RANK", "0")) == 0
+        config, run_dir, start_from, net_states, state, changed = resume_config(config, explicit, is_main)
         validate(config)
         dataset_name_given = True
     else:
@@ -547,12 +597,19 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         loss_G_sum = state.get("loss_G_sum", 0.0)
         set_rng_state(state["rng"])
+        if any(k in changed for k in SCHEDULE_FIELDS):
+            apply_schedule_changes(optimizers, schedulers, config, state["config"].get("lr", config.lr))
+        if start_epoch >= config.n_epochs:
+            log.info("the run in %s is already finished (%d epochs); pass a larger --n_epochs to continue it",
+                     run_dir, config.n_epochs)
+            return run_dir
 
     workers = min(config.n_cpu, os.cpu_count() or 1)
     sampler = datasets.EpochSampler(len(data.train), config.seed, shuffle=not config.serial_batches,
                                     rank=env.rank, world_size=env.world_size, batch_size=config.batch_size)
     loader = DataLoader(
         data.train, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
+        generator=torch.Generator().manual_seed(config.seed),  # workers' seeds drawn from it, not the global RNG
         pin_memory=device.type == "cuda", persistent_workers=workers > 0,
     )
     n_val = min(5, len(data.val))
@@ -596,7 +653,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     with StopSignals() as stop:
         for epoch in range(start_epoch, config.n_epochs):
             first = start_batch if epoch == start_epoch else 0
-            if epoch != start_epoch:
+            if first == 0:
                 loss_G_sum = 0.0
             sampler.set_epoch(epoch, first * config.batch_size)
             progress = Progress(n_batches, epoch, config.n_epochs, done_batches, total_batches)
@@ -688,6 +745,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as exc:
         log.warning("%s", exc)
         return exc.exit_code
+    except KeyboardInterrupt:
+        log.warning("interrupted before training started")
+        return 130
     except CycleGANError as exc:
         log.error("%s", exc)
         return exc.exit_code
