@@ -111,3 +111,22 @@ def test_a_failing_rank_ends_the_job_within_seconds(data, tmp_path):
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stderr
     assert elapsed < 60, elapsed  # a hang would run into the 120 s timeout (50 epochs take minutes)
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_saves(data, tmp_path):
+    import signal
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [str(TORCHRUN), "--standalone", "--nproc_per_node=2", "-m", "cyclegan.train", "--dataroot", str(data),
+         "--output", str(run), *FLAGS, "--n_epochs", "100", "--decay_epoch", "50", "--batch_size", "1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    end = time.monotonic() + 120
+    while not list_run_checkpoints(run) and time.monotonic() < end:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    stops = [line.split("at step ")[1].split(";")[0] for line in err.splitlines() if "stopped by SIGTERM" in line]
+    assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]  # both ranks, the same step
+    assert load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"] == int(stops[0])

@@ -189,13 +189,13 @@ def test_a_new_run_does_not_overwrite_an_old_one(image_folders, tmp_path):
 
 
 def test_train_without_a_dataset_uses_the_demo_data(tmp_path):
-    result = run_cli("train", *SMALL_RUN, "--n_epochs", "1", "--decay_epoch", "0", "--batch_size", "100",
+    result = run_cli("train", *SMALL_RUN, "--n_epochs", "1", "--decay_epoch", "0", "--max_steps", "1",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "built-in demo data" in result.stderr
     run = tmp_path / "runs" / "demo"
     assert len(list((run / "demo_data" / "train" / "A").glob("*.png"))) == 200
-    assert (run / "checkpoints" / "epoch_1.safetensors").is_file()
+    assert (run / "checkpoints" / "resume" / "step_000000001" / "networks.safetensors").is_file()
     assert json.loads((run / "config.json").read_text())["dataset_name"] == "demo"
 
 
