@@ -9,7 +9,9 @@ Two layouts are read, for the split ``mode`` (``train`` or ``test``):
 Image files are found by extension in any case (.jpg .jpeg .png .bmp .webp .tif .tiff). Grey,
 palette, RGBA, CMYK and 16-bit images are converted to RGB, or to one grey channel when
 ``channels=1``. All randomness (crops, flips, the unaligned B image) draws from torch's
-generator, which the DataLoader seeds per worker.
+generator: the global one for ``dataset[i]``, as in the reference, or one seeded per sample for
+the ``(seed, epoch, index)`` keys that ``EpochSampler`` yields in training, which makes the data
+order a function of the seed and the position (exact resume, any number of workers or ranks).
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ __all__ = [
     "RandomHorizontalFlip",
     "ToTensor",
     "Normalize",
+    "CenterCrop",
+    "Resize",
+    "ScaleWidth",
+    "MakeMultiple",
+    "build_transforms",
+    "EpochSampler",
+    "sample_seed",
+    "has_split",
+    "convert_image",
     "reference_transforms",
     "test_transforms",
     "find_domain_dirs",

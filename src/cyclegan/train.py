@@ -9,8 +9,11 @@ One step, for a batch ``real_A``, ``real_B``:
 2. D_A (its own Adam): ``(MSE(D_A(real_A), 1) + MSE(D_A(pool_A(fake_A)), 0)) / 2``;
 3. D_B likewise with ``real_B`` and the pool of past ``fake_B``.
 
-The three learning rates follow ``LambdaLR`` (constant until ``--decay_epoch``, then linear to zero
-at ``--n_epochs``), stepped once per epoch.
+The three learning rates follow ``LambdaLR`` (constant until ``--decay_epoch``, then linear
+towards zero at ``--n_epochs``; or another ``--lr_policy``), stepped once per epoch. The options
+are in ``options.py``; under torchrun the networks are wrapped in DistributedDataParallel
+(``distributed.py``). The loop saves run checkpoints (``checkpoint.py``) from which ``--resume``
+continues exactly, and stops cleanly on SIGINT/SIGTERM and on a non-finite loss.
 """
 
 from __future__ import annotations
