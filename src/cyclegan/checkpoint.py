@@ -259,9 +259,10 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[st
 
 
 def load_latest_run_checkpoint(
-    run_dir: str | os.PathLike[str], warn: Any = None
+    run_dir: str | os.PathLike[str], warn: Any = None, set_aside_damaged: bool = True
 ) -> tuple[Path, dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """The newest run checkpoint of ``run_dir`` that loads; damaged ones are reported to ``warn``."""
+    """The newest run checkpoint of ``run_dir`` that loads; damaged ones are reported to ``warn``
+    and (by one process only: ``set_aside_damaged``) renamed out of the way."""
     candidates = list_run_checkpoints(run_dir)
     if not candidates:
         raise CycleGANError(
@@ -272,9 +273,9 @@ def load_latest_run_checkpoint(
         try:
             networks, state = load_run_checkpoint(path)
         except CycleGANError as exc:
-            aside = set_aside(path, "damaged")
+            note = f"set aside as {set_aside(path, 'damaged').name}, " if set_aside_damaged else ""
             if warn is not None:
-                warn(f"{exc}; set aside as {aside.name}, trying an older checkpoint")
+                warn(f"{exc}; {note}trying an older checkpoint")
             continue
         return path, networks, state
     raise CycleGANError(f"--resume: every checkpoint in {resume_dir(run_dir)} is damaged; nothing to resume from")

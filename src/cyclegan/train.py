@@ -478,7 +478,8 @@ def resume_config(
         run_dir = Path(config.output) if config.output else Path("runs") / config.dataset_name
         if is_main:
             clean_run_checkpoints(run_dir)
-        path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning if is_main else None)
+        path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning if is_main else None,
+                                                         set_aside_damaged=is_main)
     else:
         if given.suffix == ".safetensors" and given.name.startswith("epoch_"):
             raise CycleGANError(
@@ -662,8 +663,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
             progress = Progress(n_batches, epoch, config.n_epochs, done_batches, total_batches)
             stopping = False
             i = first - 1
+            t0 = time.perf_counter()
             for i, batch in enumerate(loader, start=first):
-                t0 = time.perf_counter()
                 real_A = batch["A"].to(device, non_blocking=True)
                 real_B = batch["B"].to(device, non_blocking=True)
                 losses = train_step(trained, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
@@ -685,7 +686,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                     )
                 step += 1
                 loss_G_sum += values["G"]
-                step_s = time.perf_counter() - t0
+                now = time.perf_counter()
+                step_s, t0 = now - t0, now  # the step and the wait for its batch
                 done_batches += 1
                 elapsed = time.perf_counter() - start
                 eta = elapsed / done_batches * (total_batches - done_batches)
