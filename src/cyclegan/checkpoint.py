@@ -23,7 +23,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.utils import atomic_write
+from cyclegan.utils import atomic_write, fsync_dir
 
 __all__ = [
     "NETWORK_NAMES",
@@ -143,19 +143,6 @@ def list_run_checkpoints(run_dir: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(_STEP_PREFIX):]))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -186,7 +173,7 @@ def save_run_checkpoint(
         buffer = io.BytesIO()
         torch.save(state, buffer)
         _write_file(tmp / "state.pt", buffer.getvalue())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # the same step saved again (a resumed run): swap, never leave none
             trash = folder / f".{final.name}.old"
             shutil.rmtree(trash, ignore_errors=True)
@@ -195,7 +182,7 @@ def save_run_checkpoint(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

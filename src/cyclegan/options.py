@@ -151,7 +151,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ref.add_argument("--b1", type=float, help=_help("adam: decay of first order momentum of gradient", d.b1))
     ref.add_argument("--b2", type=float, help=_help("adam: decay of second order momentum of gradient", d.b2))
     ref.add_argument("--decay_epoch", type=int, help=_help(
-        "epoch from which the learning rate decays linearly to zero at --n_epochs", d.decay_epoch))
+        "epoch from which the learning rate decays linearly, reaching zero at --n_epochs (the last epoch trains at "
+        "lr / (n_epochs - decay_epoch))", d.decay_epoch))
     ref.add_argument("--n_cpu", type=int, help=_help(
         "data-loading worker processes (at most the machine's CPU count; 0 loads in the main process)", d.n_cpu))
     ref.add_argument("--img_height", type=int, help=_help("training image height, a multiple of 16", d.img_height))
@@ -226,7 +227,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     obj.add_argument("--pool_size", type=int, help=_help(
         "images in each replay buffer of past fakes; 0 disables the buffers", d.pool_size))
     obj.add_argument("--lr_policy", choices=LR_POLICIES, help=_help(
-        "learning-rate schedule, stepped per epoch: linear (constant, then linear to zero from --decay_epoch), "
+        "learning-rate schedule, stepped per epoch: linear (constant, then linearly towards zero from --decay_epoch), "
         "step (x0.1 every --lr_decay_iters epochs), plateau (x0.2 when the generator loss stalls for 5 "
         "epochs), cosine (cosine to zero at --n_epochs)", d.lr_policy))
     obj.add_argument("--lr_decay_iters", type=int, help=_help("epochs between steps of the step policy",
@@ -402,8 +403,8 @@ def validate(config: TrainConfig) -> None:
             f"--preprocess {config.preprocess} keeps each image's own size, so images cannot be batched: "
             "use --batch_size 1 or a --preprocess that crops"
         )
-    if config.preprocess in ("resize_and_crop", "scale_width", "scale_width_and_crop"):
-        if config.resize_size < max(config.img_height, config.img_width) and config.preprocess != "scale_width":
+    if config.preprocess in ("resize_and_crop", "scale_width_and_crop"):
+        if config.resize_size < max(config.img_height, config.img_width):
             raise CycleGANError(
                 f"--load_size {config.resize_size} is smaller than the crop {config.img_height}x{config.img_width}"
             )
