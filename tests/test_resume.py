@@ -48,8 +48,9 @@ def assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
-@pytest.mark.parametrize("extra", [(), ("--gan_mode", "wgangp", "--pool_size", "0", "--use_dropout")],
-                         ids=["reference", "wgangp-dropout"])
+@pytest.mark.parametrize("extra", [(), ("--gan_mode", "wgangp", "--pool_size", "0", "--use_dropout"),
+                                   ("--amp", "fp16", "--channels_last", "on", "--ngf", "8", "--ndf", "8")],
+                         ids=["reference", "wgangp-dropout", "fp16-channels_last"])
 def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_path, extra):
     # 4 batches an epoch, 12 steps; the learning rate halves at epoch 3, after the resume point.
     # The second case draws random numbers in the step itself (dropout, the penalty's mixing).
@@ -75,6 +76,8 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
     assert_same_tensors(state_a["optimizers"], state_b["optimizers"], "optimizers")
     assert_same_tensors(state_a["buffers"], state_b["buffers"], "replay buffers")
     assert_same_tensors(state_a["rng"]["torch"], state_b["rng"]["torch"], "torch RNG")
+    assert_same_tensors(state_a["scaler"], state_b["scaler"], "gradient scaler")
+    assert (state_a["scaler"] is not None) == ("fp16" in extra)
     # The schedule crossed the resume point: full rate at step 6, half in epoch 3, zero after it.
     assert state_a["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0
 

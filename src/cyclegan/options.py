@@ -74,6 +74,10 @@ class TrainConfig:
     save_every_steps: int = 0
     max_steps: int | None = None
     bad_images: str = "error"
+    # Speed.
+    amp: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
     # Networks (the official choices).
     arch: str = "reference"
     netG: str = "resnet"
@@ -194,6 +198,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                       "config.json; overwrite, resume and max_steps are not read "
                                                       "from it); flags given on the command line win")
     run.add_argument("--print_config", action="store_true", help="print the resolved options as YAML and exit")
+
+    speed = p.add_argument_group("speed")
+    speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help=_help(
+        "mixed precision (autocast; the losses and weights stay float32; fp16 adds a gradient scaler): auto is "
+        "bf16 on a CUDA GPU that has it, off (exact float32) on the CPU", d.amp))
+    speed.add_argument("--channels_last", choices=("auto", "on", "off"), help=_help(
+        "NHWC memory layout for networks and images: auto is on for CUDA, off on the CPU (where it is slower)",
+        d.channels_last))
+    speed.add_argument("--compile", action="store_true", help=(
+        "torch.compile the four networks: faster steps on a GPU after a compilation of a minute or more at "
+        "the start (not on by default for that reason; on the CPU it is slower)"))
 
     net = p.add_argument_group("networks (official options)")
     net.add_argument("--arch", choices=tuple(ARCH_PRESETS), help=_help(

@@ -18,6 +18,7 @@ continues exactly, and stops cleanly on SIGINT/SIGTERM and on a non-finite loss.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -58,6 +59,7 @@ from cyclegan.distributed import any_rank, barrier, broadcast_int, init_distribu
 from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss
 from cyclegan.models import define_D, define_G
+from cyclegan.perf import adam, matmul_peak_gflops, resolve_speed, step_flops
 from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig, describe, get_args_parser, parse_config, validate
 from cyclegan.utils import LambdaLR, ReplayBuffer, atomic_write, make_grid, save_image, seed_everything
 
@@ -94,12 +96,13 @@ def build_networks(config: TrainConfig) -> dict[str, nn.Module]:
 
 
 def build_optimizers(nets: dict[str, nn.Module], config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """Adam for the two generators together and one for each discriminator, as the reference
+    (fused into one kernel where available: the same update, faster)."""
     betas = (config.b1, config.b2)
     return {
-        "G": torch.optim.Adam(itertools.chain(nets["G_AB"].parameters(), nets["G_BA"].parameters()),
-                              lr=config.lr, betas=betas),
-        "D_A": torch.optim.Adam(nets["D_A"].parameters(), lr=config.lr, betas=betas),
-        "D_B": torch.optim.Adam(nets["D_B"].parameters(), lr=config.lr, betas=betas),
+        "G": adam(itertools.chain(nets["G_AB"].parameters(), nets["G_BA"].parameters()), config.lr, betas),
+        "D_A": adam(nets["D_A"].parameters(), config.lr, betas),
+        "D_B": adam(nets["D_B"].parameters(), config.lr, betas),
     }
 
 
@@ -141,6 +144,16 @@ def _pool(pool: ReplayBuffer | None, images: torch.Tensor) -> torch.Tensor:
     return pool.push_and_pop(images) if pool is not None else images.detach()
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """A half-precision (autocast) result in float32; anything else as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def has_batch_norm(net: nn.Module) -> bool:
+    """Whether the network normalises over the batch (then a batched call is not the same as two calls)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in unwrap(net).modules())
+
+
 def train_step(
     nets: dict[str, nn.Module],
     optimizers: dict[str, torch.optim.Optimizer],
@@ -151,16 +164,45 @@ def train_step(
     lambda_id: float,
     gan_mode: str = "lsgan",
     lambda_gp: float = 10.0,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    scaler: Any = None,
 ) -> dict[str, torch.Tensor]:
-    """One step of the reference design; returns the detached loss terms.
+    """One step of the reference design, computed faster; returns the detached loss terms.
+
+    The mathematics is the reference step's (``tests/reference_step.py`` keeps a literal
+    transcription, and a test holds the two to 1e-5): the same losses of the same images, the
+    same three Adam updates. What differs is how it is computed:
+
+    - generator calls that share a network are batched: ``G_AB([real_A, real_B])`` gives fake_B
+      and the identity image, ``G_BA([real_B, real_A, fake_B])`` gives fake_A, the identity image
+      and the cycle of A, ``G_AB(fake_A)`` the cycle of B; three calls instead of six. Instance
+      norm is per image, so this is exact; networks with batch norm are called image set by image
+      set, as the reference does;
+    - the discriminators are frozen during the generator update (the reference computes their
+      weight gradients there, then zeroes them), and see real and fake in one call;
+    - ``amp_dtype`` (bfloat16 or float16) runs the networks under autocast, the losses in float32;
+      float16 takes a ``torch.amp.GradScaler`` as ``scaler``.
 
     A buffer of None is a disabled replay buffer (``--pool_size 0``). With ``gan_mode="wgangp"``
-    each discriminator loss adds the gradient penalty.
+    each discriminator loss adds the gradient penalty (computed in float32).
     """
     G_AB, G_BA, D_A, D_B = (nets[n] for n in NETWORK_NAMES)
-    # The generator update needs the discriminators' outputs, not their weight gradients (the
-    # reference computes those too, then zeroes them before the discriminator update): freeze them,
-    # and call the unwrapped modules so that DistributedDataParallel syncs each network once a step.
+    n = real_A.size(0)
+
+    def autocast(enabled: bool = True) -> Any:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(real_A.device.type, dtype=amp_dtype, enabled=enabled)
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    def step(opt: torch.optim.Optimizer) -> None:
+        scaler.step(opt) if scaler is not None else opt.step()
+
+    # The generator update needs the discriminators' outputs, not their weight gradients: freeze
+    # them, and call the unwrapped modules so that DistributedDataParallel syncs each network once.
     D_A_g, D_B_g = unwrap(D_A), unwrap(D_B)
     frozen = [p for p in itertools.chain(D_A_g.parameters(), D_B_g.parameters()) if p.requires_grad]
     for p in frozen:
@@ -169,59 +211,67 @@ def train_step(
     # Generators
     G_AB.train()
     G_BA.train()
-    optimizers["G"].zero_grad()
-    if lambda_id > 0:
-        loss_id_A = identity_loss(G_BA(real_A), real_A)
-        loss_id_B = identity_loss(G_AB(real_B), real_B)
-        loss_identity = (loss_id_A + loss_id_B) / 2
-    else:  # no identity loss (and domains may differ in channels): skip the two generator calls
+    optimizers["G"].zero_grad(set_to_none=True)
+    use_id = lambda_id > 0  # without it the domains may differ in channels: no identity images
+    with autocast():
+        if not (has_batch_norm(G_AB) or has_batch_norm(G_BA)):
+            if use_id:
+                fake_B, same_B = G_AB(torch.cat([real_A, real_B])).split(n)
+                fake_A, same_A, recov_A = G_BA(torch.cat([real_B, real_A, fake_B])).split(n)
+            else:
+                fake_B = G_AB(real_A)
+                fake_A, recov_A = G_BA(torch.cat([real_B, fake_B])).split(n)
+            recov_B = G_AB(fake_A)
+        else:  # the reference's calls, in its order
+            if use_id:
+                same_A, same_B = G_BA(real_A), G_AB(real_B)
+            fake_B, fake_A = G_AB(real_A), G_BA(real_B)
+            recov_A, recov_B = G_BA(fake_B), G_AB(fake_A)
+        pred_fake_B, pred_fake_A = D_B_g(fake_B), D_A_g(fake_A)
+    if use_id:
+        loss_identity = (identity_loss(_full(same_A), real_A) + identity_loss(_full(same_B), real_B)) / 2
+    else:
         loss_identity = torch.zeros((), device=real_A.device)
-    fake_B = G_AB(real_A)
-    loss_GAN_AB = gan_loss(D_B_g(fake_B), True, gan_mode)
-    fake_A = G_BA(real_B)
-    loss_GAN_BA = gan_loss(D_A_g(fake_A), True, gan_mode)
-    loss_GAN = (loss_GAN_AB + loss_GAN_BA) / 2
-    recov_A = G_BA(fake_B)
-    loss_cycle_A = cycle_loss(recov_A, real_A)
-    recov_B = G_AB(fake_A)
-    loss_cycle_B = cycle_loss(recov_B, real_B)
-    loss_cycle = (loss_cycle_A + loss_cycle_B) / 2
+    loss_GAN = (gan_loss(_full(pred_fake_B), True, gan_mode) + gan_loss(_full(pred_fake_A), True, gan_mode)) / 2
+    loss_cycle = (cycle_loss(_full(recov_A), real_A) + cycle_loss(_full(recov_B), real_B)) / 2
     loss_G = loss_GAN + lambda_cyc * loss_cycle + lambda_id * loss_identity
-    loss_G.backward()
-    optimizers["G"].step()
+    backward(loss_G)
+    step(optimizers["G"])
     for p in frozen:
         p.requires_grad_(True)
 
-    # Discriminator A
-    optimizers["D_A"].zero_grad()
-    loss_real = gan_loss(D_A(real_A), True, gan_mode)
-    fake_A_ = _pool(buffers["A"], fake_A)
-    loss_fake = gan_loss(D_A(fake_A_.detach()), False, gan_mode)
-    loss_D_A = (loss_real + loss_fake) / 2
-    if gan_mode == "wgangp":
-        loss_D_A = loss_D_A + gradient_penalty(D_A, real_A, fake_A_, lambda_gp)
-    loss_D_A.backward()
-    optimizers["D_A"].step()
+    # Discriminators: real and (pooled) fake in one call where the network allows it
+    losses_D = []
+    for D, real, fake, pool, name in ((D_A, real_A, fake_A, buffers["A"], "D_A"),
+                                      (D_B, real_B, fake_B, buffers["B"], "D_B")):
+        optimizers[name].zero_grad(set_to_none=True)
+        fake_ = _pool(pool, _full(fake.detach()))
+        with autocast():
+            if has_batch_norm(D):
+                pred_real, pred_fake = D(real), D(fake_)
+            else:
+                pred_real, pred_fake = D(torch.cat([real, fake_])).split(n)
+        loss_D = (gan_loss(_full(pred_real), True, gan_mode) + gan_loss(_full(pred_fake), False, gan_mode)) / 2
+        if gan_mode == "wgangp":
+            with autocast(enabled=False):
+                loss_D = loss_D + gradient_penalty(D, real, fake_, lambda_gp)
+        backward(loss_D)
+        step(optimizers[name])
+        losses_D.append(loss_D)
+    if scaler is not None:
+        scaler.update()
 
-    # Discriminator B
-    optimizers["D_B"].zero_grad()
-    loss_real = gan_loss(D_B(real_B), True, gan_mode)
-    fake_B_ = _pool(buffers["B"], fake_B)
-    loss_fake = gan_loss(D_B(fake_B_.detach()), False, gan_mode)
-    loss_D_B = (loss_real + loss_fake) / 2
-    if gan_mode == "wgangp":
-        loss_D_B = loss_D_B + gradient_penalty(D_B, real_B, fake_B_, lambda_gp)
-    loss_D_B.backward()
-    optimizers["D_B"].step()
-
-    loss_D = (loss_D_A + loss_D_B) / 2
     return {
-        "D": loss_D.detach(),
+        "D": ((losses_D[0] + losses_D[1]) / 2).detach(),
         "G": loss_G.detach(),
         "adv": loss_GAN.detach(),
         "cycle": loss_cycle.detach(),
         "identity": loss_identity.detach(),
     }
+
+
+# The step itself, for the FLOP count (which must count it even where a caller wraps train_step).
+_train_step = train_step
 
 
 # ---------------------------------------------------------------------------------------------
@@ -343,10 +393,11 @@ class Progress:
         self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", leave=False) if self.tty else None
         self.start_batches, self.total_batches = start_batches, total_batches
 
-    def update(self, i: int, losses: dict[str, float], img_per_s: float, eta_s: float) -> None:
+    def update(self, i: int, losses: dict[str, float], img_per_s: float, peak_fraction: float, eta_s: float) -> None:
         text = (
             f"D {losses['D']:.4f} G {losses['G']:.4f} adv {losses['adv']:.4f} "
-            f"cycle {losses['cycle']:.4f} identity {losses['identity']:.4f} | {img_per_s:.3g} img/s"
+            f"cycle {losses['cycle']:.4f} identity {losses['identity']:.4f} | {img_per_s:.3g} img/s | "
+            f"{peak_fraction:.0%} of peak"
         )
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text} | ETA {format_eta(eta_s)}", refresh=False)
@@ -580,14 +631,19 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
         config.seed = broadcast_int(random.SystemRandom().randrange(2**31), env, device)
     seed_everything(config.seed + env.rank)  # per-rank model randomness; rank 0's weights are broadcast
 
+    speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
     nets = build_networks(config)
     if net_states is not None:
         for name in NETWORK_NAMES:
             nets[name].load_state_dict(net_states[name])
     for net in nets.values():
-        net.to(device)
+        net.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     optimizers = build_optimizers(nets, config)
+    if speed.compile:  # in place: the modules, their parameters and state-dict keys stay as they are
+        for net in nets.values():
+            net.compile()
     trained = {name: wrap(net, env, device) for name, net in nets.items()}
+    scaler = torch.amp.GradScaler(device.type) if speed.amp_dtype is torch.float16 else None
     schedulers = build_schedulers(optimizers, config)
     buffers = {k: ReplayBuffer(config.pool_size) if config.pool_size > 0 else None for k in ("A", "B")}
 
@@ -598,6 +654,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
         for k, sched in schedulers.items():
             sched.load_state_dict(state["schedulers"][k])
         load_buffers_state(buffers, state["buffers"], device)
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         start_epoch, start_batch, step = state["epoch"], state["batch"], state["step"]
         loss_G_sum = state.get("loss_G_sum", 0.0)
         set_rng_state(state["rng"])
@@ -641,6 +699,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
             "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
             "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "buffers": buffers_state(buffers), "rng": rng_state(), "config": config.to_json(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
         }
         try:
             return save_run_checkpoint(run_dir, step, nets, run_state, keep=config.keep_checkpoints)
@@ -651,6 +710,12 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
             ) from exc
 
     n_batches = len(loader)
+    layout = torch.channels_last if speed.channels_last else torch.contiguous_format
+    # The fraction of the machine's measured matrix-multiply peak the step reaches (nanoGPT's MFU).
+    flops = step_flops(config) if env.is_main else 0
+    peak = matmul_peak_gflops(device, speed.amp_dtype or torch.float32) if env.is_main else 0.0
+    log.info("speed: %s; a step is %.3g GFLOP; measured %s matrix-multiply peak %.0f GFLOP/s", speed.describe(),
+             flops / 1e9, speed.amp_name if speed.amp_dtype else "fp32", peak)
     total_batches = (config.n_epochs - start_epoch) * n_batches - start_batch
     done_batches = 0
     start = time.perf_counter()
@@ -665,10 +730,10 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
             i = first - 1
             t0 = time.perf_counter()
             for i, batch in enumerate(loader, start=first):
-                real_A = batch["A"].to(device, non_blocking=True)
-                real_B = batch["B"].to(device, non_blocking=True)
+                real_A = batch["A"].to(device, non_blocking=True, memory_format=layout)
+                real_B = batch["B"].to(device, non_blocking=True, memory_format=layout)
                 losses = train_step(trained, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
-                                    config.gan_mode, config.lambda_gp)
+                                    config.gan_mode, config.lambda_gp, amp_dtype=speed.amp_dtype, scaler=scaler)
                 values = {k: float(v) for k, v in losses.items()}
                 bad = [k for k, v in values.items() if not math.isfinite(v)]
                 if bad:
@@ -691,7 +756,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                 done_batches += 1
                 elapsed = time.perf_counter() - start
                 eta = elapsed / done_batches * (total_batches - done_batches)
-                progress.update(i, values, real_A.size(0) * env.world_size / max(step_s, 1e-9), eta)
+                progress.update(i, values, real_A.size(0) * env.world_size / max(step_s, 1e-9),
+                                flops / max(step_s, 1e-9) / 1e9 / max(peak, 1e-9), eta)
                 batches_done = epoch * n_batches + i
                 if batches_done % config.sample_interval == 0 and env.is_main:
                     sample_images(nets, val_batch, run_dir / "samples" / f"{batches_done:07d}.png", device)

@@ -1,0 +1,277 @@
+"""The training step against the literal reference step: img/s, achieved GFLOP/s against the
+machine's measured matrix-multiply peak, peak memory, and the data loader's rate.
+
+    python benchmarks/train_step.py            # the full table, written to docs/benchmarks.md
+    python benchmarks/train_step.py --quick    # 64x64 batch 1 only, under a minute; prints
+                                               # ratio=<ours/reference img/s> peak_fraction=<ours>
+
+Both steps start from the same weights in one process (9 residual blocks, the reference's
+networks and losses) and are timed alternately, step after step, so that the machine's noise
+falls on both alike; the rate is the median over the timed steps, after warm-up ones.
+
+- ``reference``: ``tests/reference_step.py``, the reference's step transcribed literally, with
+  its optimizers (PyTorch's default Adam), in float32.
+- ``ours``: ``cyclegan.train.train_step`` with the settings ``cyclegan train`` picks by default
+  on the device (on the CPU: float32, the exact arithmetic).
+- ``ours <amp>``: with the GPU options (bf16 autocast; on CUDA with channels_last and
+  torch.compile too), to show what they buy; on a CPU with native bf16 it runs there too.
+
+FLOPs are counted with ``torch.utils.flop_counter`` (convolutions and matrix multiplies, forward
+and backward). ``peak`` is the best median rate of square float32 matrix multiplies (the
+``bf16`` rows are held against the bf16 peak). Peak memory: on CUDA the allocator's high-water
+mark over a step; on the CPU the growth of the process's peak resident memory over the first step,
+each measured in a fresh subprocess (the CPU allocator has no counters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from reference_step import reference_optimizers, reference_step  # noqa: E402
+
+from cyclegan import datasets  # noqa: E402
+from cyclegan.perf import matmul_peak_gflops, resolve_speed  # noqa: E402
+from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step  # noqa: E402
+from cyclegan.utils import ReplayBuffer  # noqa: E402
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_variant(kind: str, base: dict, config: TrainConfig, device: torch.device):
+    """A closure running one step of ``kind`` on its own copy of the networks."""
+    import copy
+
+    nets = copy.deepcopy(base)
+    for net in nets.values():
+        net.to(device)
+    gen = torch.Generator().manual_seed(1)
+    shape = (config.batch_size, 3, config.img_height, config.img_width)
+    real_A = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
+    real_B = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
+    if kind == "reference":
+        opts = reference_optimizers(nets)
+        pools = {k: ReplayBuffer() for k in "AB"}
+        return lambda: reference_step(nets, opts, pools, real_A, real_B)
+    if kind == "ours":
+        speed = resolve_speed("auto", "auto", False, device)
+    else:  # the GPU options: bf16 autocast, and on CUDA channels_last and compile
+        cuda = device.type == "cuda"
+        speed = resolve_speed("bf16", "on" if cuda else "off", cuda, device)
+    if speed.channels_last:
+        for net in nets.values():
+            net.to(memory_format=torch.channels_last)
+        real_A = real_A.contiguous(memory_format=torch.channels_last)
+        real_B = real_B.contiguous(memory_format=torch.channels_last)
+    opts = build_optimizers(nets, config)
+    if speed.compile:
+        for net in nets.values():
+            net.compile()
+    pools = {k: ReplayBuffer() for k in "AB"}
+    return lambda: train_step(nets, opts, pools, real_A, real_B, config.lambda_cyc, config.lambda_id,
+                              amp_dtype=speed.amp_dtype)
+
+
+def count_flops(step) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def peak_memory(kind: str, size: int, batch: int, device: torch.device) -> float:
+    """MiB a step needs beyond the networks and inputs (see the module docstring)."""
+    if device.type == "cuda":
+        config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
+        torch.manual_seed(0)
+        step = make_variant(kind, build_networks(config), config, device)
+        step()
+        sync(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        sync(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    out = subprocess.run([sys.executable, __file__, "--memory_probe", kind, str(size), str(batch)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(kind: str, size: int, batch: int) -> None:
+    config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
+    torch.manual_seed(0)
+    step = make_variant(kind, build_networks(config), config, torch.device("cpu"))
+    with open("/proc/self/statm") as f:
+        rss_now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    before = max(rss_now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print((after - before) / 2**20)
+
+
+def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps: int, warmup: int) -> dict:
+    config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
+    torch.manual_seed(0)
+    base = build_networks(config)
+    fns = {k: make_variant(k, base, config, device) for k in kinds}
+    flops = {k: count_flops(fns[k]) for k in kinds}  # also the first (warm-up) step
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for i in range(warmup + steps):
+        for k in kinds:
+            sync(device)
+            t = time.perf_counter()
+            fns[k]()
+            sync(device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return {k: {"img_s": batch / statistics.median(times[k]), "flops": flops[k]} for k in kinds}
+
+
+def loader_rate(size: int, workers: int, n_images: int = 48, batches: int = 12) -> float:
+    """Pairs of images (A and B) per second decoded from JPEG and transformed as in training."""
+    from PIL import Image
+    from torch.utils.data import DataLoader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for domain in "AB":
+            folder = Path(tmp) / "train" / domain
+            folder.mkdir(parents=True)
+            for k in range(n_images):  # photo-sized: the transform resizes them down
+                small = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+                Image.fromarray(small).resize((640, 480), Image.BICUBIC).save(folder / f"{k:03d}.jpg", quality=90)
+        data = datasets.ImageDataset(tmp, datasets.reference_transforms(size, size), unaligned=True)
+        loader = DataLoader(data, batch_size=4, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+        it = iter(loader)
+        next(it)  # workers started
+        t = time.perf_counter()
+        count = 0
+        for _ in range(batches):
+            try:
+                count += next(it)["A"].size(0)
+            except StopIteration:
+                it = iter(loader)
+                count += next(it)["A"].size(0)
+        return count / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="64x64 batch 1 only; ends with ratio=... peak_fraction=...")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: by size)")
+    p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--memory_probe", nargs=3, metavar=("KIND", "SIZE", "BATCH"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_probe:
+        memory_probe(args.memory_probe[0], int(args.memory_probe[1]), int(args.memory_probe[2]))
+        return
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+                          else "cpu")
+    cuda = device.type == "cuda"
+    bf16_here = cuda and torch.cuda.is_bf16_supported() or (not cuda and torch.backends.mkldnn.is_available()
+                                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    kinds = ["reference", "ours"] + ([] if args.quick or not bf16_here else ["ours_bf16"])
+    peak32 = matmul_peak_gflops(device, torch.float32, seconds=1.0)
+    peak16 = matmul_peak_gflops(device, torch.bfloat16, seconds=1.0) if "ours_bf16" in kinds else None
+    cases = [(64, 1)] if args.quick else [(64, 1), (64, 4), (128, 1), (128, 4), (256, 1), (256, 4)]
+    rows = []
+    for size, batch in cases:
+        steps = args.steps or (15 if cuda else max(3, int(12 * (64 / size) ** 2 / batch) + 2))
+        result = measure(size, batch, kinds, device, steps, warmup=3 if cuda else 0)
+        ref = result["reference"]["img_s"]
+        for k in kinds:
+            r = result[k]
+            gflops = r["flops"] * r["img_s"] / batch / 1e9
+            peak = peak16 if k == "ours_bf16" else peak32
+            mem = None if args.quick else peak_memory(k, size, batch, device)
+            rows.append({"size": size, "batch": batch, "variant": k, "img_s": r["img_s"], "ratio": r["img_s"] / ref,
+                         "gflop_step": r["flops"] / 1e9, "gflops": gflops, "peak_fraction": gflops / peak,
+                         "memory_mib": mem})
+            print(json.dumps(rows[-1]), flush=True)
+    if args.quick:
+        ours = next(r for r in rows if r["variant"] == "ours")
+        print(f"ratio={ours['ratio']:.3f} peak_fraction={ours['peak_fraction']:.3f}")
+        return
+    workers = min(8, os.cpu_count() or 1)
+    loader = loader_rate(256, workers)
+    write_report(Path(args.output), rows, peak32, peak16, loader, workers, device)
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    return text + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
+
+
+def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | None, loader: float, workers: int,
+                 device: torch.device) -> None:
+    names = {"reference": "reference", "ours": "ours", "ours_bf16": "ours, bf16" + (
+        " + channels_last + compile" if device.type == "cuda" else "")}
+    lines = [
+        "# Training-step benchmark",
+        "",
+        f"Made by `python benchmarks/train_step.py` on {time.strftime('%Y-%m-%d')}; machine: {machine(device)}.",
+        "",
+        f"Measured matrix-multiply peak: {peak32:.0f} GFLOP/s in float32"
+        + (f", {peak16:.0f} GFLOP/s in bfloat16." if peak16 else "."),
+        "The reference is the literal transcription of the reference's step (`tests/reference_step.py`), "
+        "in float32; *ours* is `train_step` with the defaults `cyclegan train` takes on this device. Both "
+        "start from the same weights, 9 residual blocks, and are timed alternately in one process; img/s "
+        "is the median over the timed steps. Ratio = img/s over the reference's at the same size and batch. "
+        "Memory: what one step needs beyond the weights and inputs ("
+        + ("CUDA allocator high-water mark" if device.type == "cuda" else
+           "growth of peak resident memory over the first step, each variant in a fresh process") + ").",
+        "",
+        "| size | batch | step | img/s | ratio | GFLOP/step | GFLOP/s | of peak | memory (MiB) |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mem = f"{r['memory_mib']:.0f}" if r["memory_mib"] is not None else "-"
+        lines.append(f"| {r['size']} | {r['batch']} | {names[r['variant']]} | {r['img_s']:.3g} | {r['ratio']:.2f} | "
+                     f"{r['gflop_step']:.0f} | {r['gflops']:.0f} | {r['peak_fraction']:.2f} | {mem} |")
+    lines += [
+        "",
+        f"Data loading: {loader:.1f} pairs/s (an A and a B image, 640x480 JPEG decoded, resized and cropped to "
+        f"256x256, flipped) with {workers} worker processes, against the training step's img/s above at 256x256.",
+        "",
+    ]
+    text = "\n".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    marker = "<!-- train_step -->"
+    old = path.read_text() if path.exists() else ""
+    if marker in old:  # other benchmarks share the file: replace this section only
+        head, _, rest = old.partition(marker)
+        _, _, tail = rest.partition("<!-- /train_step -->")
+        text = f"{head}{marker}\n{text}<!-- /train_step -->{tail}"
+    else:
+        text = f"{old}{marker}\n{text}<!-- /train_step -->\n"
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Speed settings of a run and the measures of how fast it goes.
+
+- ``resolve_speed``: what ``--amp``, ``--channels_last`` and ``--compile`` mean on the device
+  found (``auto`` picks what is fastest and safe there), and the CUDA backend switches (TF32,
+  cudnn.benchmark).
+- ``matmul_peak_gflops``: the machine's measured matrix-multiply rate, the yardstick of
+  ``peak_fraction`` (as nanoGPT's MFU, but against a measured peak, not a datasheet's).
+- ``step_flops``: the floating-point operations of one training step for a config, counted with
+  ``torch.utils.flop_counter`` on the meta device (nothing is computed, no random state is used).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cyclegan.errors import CycleGANError
+
+__all__ = ["Speed", "resolve_speed", "matmul_peak_gflops", "step_flops", "adam"]
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
+
+
+@dataclass(frozen=True)
+class Speed:
+    """The resolved speed settings of a run."""
+
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    compile: bool
+
+    @property
+    def amp_name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[self.amp_dtype]
+
+    def describe(self) -> str:
+        return f"amp {self.amp_name}, channels_last {'on' if self.channels_last else 'off'}, " \
+               f"compile {'on' if self.compile else 'off'}"
+
+
+def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.device) -> Speed:
+    """``auto`` on CUDA: bfloat16 autocast where the GPU has it (else float32) and channels_last;
+    on the CPU: float32 and the default layout, the exact reference arithmetic (bf16 is an option).
+
+    On CUDA this also turns on TF32 matrix multiplies and ``cudnn.benchmark``."""
+    cuda = device.type == "cuda"
+    if amp == "auto":
+        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    elif amp in AMP_DTYPES:
+        dtype = AMP_DTYPES[amp]
+        if dtype is torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
+            raise CycleGANError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use --amp fp16 "
+                                "or --amp off")
+    else:
+        raise CycleGANError(f"--amp {amp}: use auto, bf16, fp16 or off")
+    if channels_last not in ("auto", "on", "off"):
+        raise CycleGANError(f"--channels_last {channels_last}: use auto, on or off")
+    layout = cuda if channels_last == "auto" else channels_last == "on"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    return Speed(dtype, layout, compile)
+
+
+def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel where this torch and device have it (else ``foreach``): the
+    same update rule as the reference's Adam, fewer passes over memory."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, ValueError):  # an older torch, or a device without the fused kernel
+        return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
+
+
+def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
+                       sizes: tuple[int, ...] | None = None, seconds: float = 0.2) -> float:
+    """The machine's matrix-multiply rate on ``device`` in ``dtype``, in GFLOP/s: the best over
+    square sizes (1024 and 2048 on the CPU, 4096 and 8192 on a GPU) of the median rate, each size
+    timed for about ``seconds``. (float16 on a CPU, which emulates it at about 1 GFLOP/s, is
+    timed at 256 only.)"""
+    if sizes is None:
+        if device.type == "cuda":
+            sizes = (4096, 8192)
+        else:
+            sizes = (256,) if dtype is torch.float16 else (1024, 2048)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    best = 0.0
+    gen = torch.Generator(device=device).manual_seed(0)  # the run's random state stays untouched
+    for n in sizes:
+        a = torch.rand(n, n, device=device, generator=gen).to(dtype)
+        b = torch.rand(n, n, device=device, generator=gen).to(dtype)
+        for _ in range(2):
+            a @ b
+        sync()
+        times: list[float] = []
+        deadline = time.perf_counter() + seconds
+        while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+            t = time.perf_counter()
+            a @ b
+            sync()
+            times.append(time.perf_counter() - t)
+        best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
+    return best
+
+
+class _NoOptimizer:
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+
+def step_flops(config: Any, batch_size: int | None = None) -> int:
+    """FLOPs of one training step of ``config`` (forward and backward of every network call;
+    the optimizer's element-wise work is not counted), from shapes alone on the meta device.
+    The WGAN-GP penalty's extra discriminator passes are not counted (the flop counter cannot
+    follow ``autograd.grad``), so for ``wgangp`` this is a lower bound."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cyclegan.train import _train_step, build_networks
+
+    n = batch_size or config.batch_size
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        nets = build_networks(config)
+        real_A = torch.zeros(n, config.channels_A, config.img_height, config.img_width)
+        real_B = torch.zeros(n, config.channels_B, config.img_height, config.img_width)
+        optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B")}
+        with FlopCounterMode(display=False) as counter:
+            gan_mode = "lsgan" if config.gan_mode == "wgangp" else config.gan_mode
+            _train_step(nets, optimizers, {"A": None, "B": None}, real_A, real_B, config.lambda_cyc,
+                       config.lambda_id, gan_mode)
+    return int(counter.get_total_flops())

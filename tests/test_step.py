@@ -1,0 +1,204 @@
+"""The fast training step against the literal reference step (``reference_step.py``): the same
+mathematics (exactly, in float64; to 1e-5 in float32), with batched generator and discriminator
+calls, frozen discriminators, fused Adam, channels_last and mixed precision."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from reference_step import reference_optimizers, reference_step
+from torch import nn
+
+from cyclegan.checkpoint import NETWORK_NAMES
+from cyclegan.perf import step_flops
+from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step
+from cyclegan.utils import ReplayBuffer
+
+LR = 0.0002
+
+
+def gradient_free(net: nn.Module) -> set[str]:
+    """Biases of convolutions followed directly by an instance norm, which subtracts them again:
+    their gradient is zero in exact arithmetic and rounding noise in float32, which Adam scales
+    up to steps of about ``lr`` in either direction. They have no effect on any output."""
+    names, prev = set(), None
+    for name, module in net.named_modules():
+        if list(module.children()):
+            continue
+        if isinstance(module, nn.InstanceNorm2d) and isinstance(prev[1], nn.Conv2d) and prev[1].bias is not None:
+            names.add(f"{prev[0]}.bias")
+        prev = (name, module)
+    return names
+
+
+def setup(config: TrainConfig, dtype: torch.dtype = torch.float32):
+    """Equal networks (biases drawn too, so that no parameter starts at zero), our optimizers
+    and the reference's, and equal replay buffers already full (so the swap path is taken)."""
+    torch.manual_seed(0)
+    ours = build_networks(config)
+    for net in ours.values():
+        net.to(dtype)
+        for name, p in net.named_parameters():
+            if name.endswith("bias"):
+                p.data.normal_(0, 0.02)
+    ref = copy.deepcopy(ours)
+    pools = []
+    for _ in range(2):
+        pool = {k: ReplayBuffer(3, rng=random.Random(7)) for k in "AB"}
+        pools.append(pool)
+    gen = torch.Generator().manual_seed(1)
+    for k, c in (("A", config.channels_A), ("B", config.channels_B)):
+        for _ in range(3):
+            image = torch.rand(1, c, config.img_height, config.img_width, generator=gen, dtype=dtype) * 2 - 1
+            pools[0][k].data.append(image.clone())
+            pools[1][k].data.append(image.clone())
+    return ours, build_optimizers(ours, config), pools[0], ref, reference_optimizers(ref, LR), pools[1]
+
+
+def batch(config: TrainConfig, gen: torch.Generator, dtype: torch.dtype = torch.float32):
+    shape = (2, config.img_height, config.img_width)
+    real_A = torch.rand(shape[0], config.channels_A, *shape[1:], generator=gen, dtype=dtype) * 2 - 1
+    real_B = torch.rand(shape[0], config.channels_B, *shape[1:], generator=gen, dtype=dtype) * 2 - 1
+    return real_A, real_B
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def test_one_fast_step_leaves_the_reference_steps_parameters_in_fp32():
+    config = TrainConfig(img_height=32, img_width=48, n_residual_blocks=2)
+    ours, opts, pools, ref, ref_opts, ref_pools = setup(config)
+    real_A, real_B = batch(config, torch.Generator().manual_seed(2))
+    got = train_step(ours, opts, pools, real_A, real_B, 10.0, 5.0)
+    want = reference_step(ref, ref_opts, ref_pools, real_A, real_B)
+    for k in want:
+        assert got[k].item() == pytest.approx(want[k].item(), rel=1e-5), k
+    n_checked = 0
+    for name in NETWORK_NAMES:
+        free = gradient_free(ours[name])
+        assert free, name  # the reference's networks have such biases: the rule below is exercised
+        for (key, a), b in zip(ours[name].state_dict().items(), ref[name].state_dict().values()):
+            if key in free:
+                assert (a - b).abs().max() <= 2 * LR, (name, key)
+            elif a.is_floating_point():
+                assert relative(a, b) <= 1e-5, (name, key, relative(a, b))
+                n_checked += 1
+    assert n_checked > 30
+    # The gradient-free biases change nothing: the networks compute the same function.
+    x = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    for name in NETWORK_NAMES:
+        assert relative(ours[name](x), ref[name](x)) <= 1e-5, name
+
+
+@pytest.mark.parametrize("norm, lambda_id", [("instance", 5.0), ("instance", 0.0), ("batch", 5.0)])
+def test_the_fast_step_is_the_reference_arithmetic_in_float64(norm, lambda_id):
+    """Without float32 rounding every parameter and loss agrees over several steps: three batched
+    generator calls (two without the identity loss), or the reference's six with batch norm."""
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=16, ndf=16, norm=norm)
+    ours, opts, pools, ref, ref_opts, ref_pools = setup(config, torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    for step in range(3):
+        real_A, real_B = batch(config, gen, torch.float64)
+        got = train_step(ours, opts, pools, real_A, real_B, 10.0, lambda_id)
+        want = reference_step(ref, ref_opts, ref_pools, real_A, real_B, 10.0, lambda_id)
+        for k in ("D", "G", "adv", "cycle"):
+            assert got[k].item() == pytest.approx(want[k].item(), rel=1e-11), (step, k)
+    for name in NETWORK_NAMES:
+        free = gradient_free(ours[name])
+        for (key, a), b in zip(ours[name].state_dict().items(), ref[name].state_dict().values()):
+            if key in free:  # float64 rounding noise, scaled by Adam
+                assert (a - b).abs().max() <= 1e-8, (name, key)
+            elif a.is_floating_point():
+                assert relative(a, b) <= 1e-9, (name, key)
+            else:
+                assert torch.equal(a, b), (name, key)  # batch norm's step counters
+
+
+def test_channels_last_step_is_the_same_arithmetic():
+    """In float64, so that the comparison is not lost in float32 rounding: at random initialisation
+    the cycle loss's gradient is sensitive enough that any change of convolution algorithm moves
+    it by about 1e-3 in float32 (both layouts are that far from the float64 gradient)."""
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=16, ndf=16)
+    ours, opts, pools, other, _, other_pools = setup(config, torch.float64)
+    for net in other.values():
+        net.to(memory_format=torch.channels_last)
+    other_opts = build_optimizers(other, config)
+    real_A, real_B = batch(config, torch.Generator().manual_seed(2), torch.float64)
+    got = train_step(ours, opts, pools, real_A, real_B, 10.0, 5.0)
+    want = train_step(other, other_opts, other_pools, real_A.contiguous(memory_format=torch.channels_last),
+                      real_B.contiguous(memory_format=torch.channels_last), 10.0, 5.0)
+    for k in want:
+        assert got[k].item() == pytest.approx(want[k].item(), rel=1e-11), k
+    assert next(other["G_AB"].parameters()).is_contiguous(memory_format=torch.channels_last)
+    for name in NETWORK_NAMES:
+        free = gradient_free(ours[name])
+        for (key, a), b in zip(ours[name].state_dict().items(), other[name].state_dict().values()):
+            assert (a - b).abs().max() <= 1e-8 if key in free else relative(a, b) <= 1e-9, (name, key)
+
+
+@pytest.mark.parametrize("amp", [torch.bfloat16, torch.float16])
+def test_mixed_precision_steps_track_float32(amp):
+    """Autocast computes the networks in half precision, the losses and weights stay float32;
+    float16 goes through a gradient scaler. The first step's losses are the float32 ones to
+    half-precision accuracy, and training moves every network."""
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=16, ndf=16)
+    ours, opts, pools, ref, _, ref_pools = setup(config)
+    ref_opts = build_optimizers(ref, config)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10) if amp is torch.float16 else None
+    gen = torch.Generator().manual_seed(2)
+    before = {n: [p.detach().clone() for p in ours[n].parameters()] for n in NETWORK_NAMES}
+    for step in range(3):
+        real_A, real_B = batch(config, gen)
+        got = train_step(ours, opts, pools, real_A, real_B, 10.0, 5.0, amp_dtype=amp, scaler=scaler)
+        want = train_step(ref, ref_opts, ref_pools, real_A, real_B, 10.0, 5.0)
+        assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in got.values())
+        if step == 0:
+            for k in ("G", "adv", "cycle", "identity", "D"):
+                assert got[k].item() == pytest.approx(want[k].item(), rel=0.03), k
+    for name in NETWORK_NAMES:
+        assert all(p.dtype == torch.float32 for p in ours[name].parameters())
+        assert all(not torch.equal(a, b) for a, b in zip(before[name], ours[name].parameters())), name
+    if scaler is not None:
+        assert 0 < scaler.get_scale() <= 2.0**10
+
+
+def test_step_flops_counts_a_real_step_without_touching_the_random_state():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = TrainConfig(img_height=32, img_width=48, n_residual_blocks=2, batch_size=2)
+    state = torch.get_rng_state()
+    counted = step_flops(config)
+    assert torch.equal(state, torch.get_rng_state())
+    ours, opts, pools, ref, ref_opts, ref_pools = setup(config)
+    real_A, real_B = batch(config, torch.Generator().manual_seed(2))
+    with FlopCounterMode(display=False) as mode:
+        train_step(ours, opts, pools, real_A, real_B, 10.0, 5.0)
+    assert counted == mode.get_total_flops()
+    with FlopCounterMode(display=False) as mode:
+        reference_step(ref, ref_opts, ref_pools, real_A, real_B)
+    # The same convolutions, less the discriminators' weight gradients in the generator update.
+    assert 0.95 * mode.get_total_flops() < counted < mode.get_total_flops()
+
+
+def test_compiled_networks_step_as_eager_ones_and_keep_their_state_dict_keys():
+    """``--compile`` compiles the networks in place. The ``aot_eager`` backend traces them as the
+    default (inductor) does, through the frozen-discriminator and batch-size changes of the step,
+    without inductor's minute of C++ compilation."""
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=8, ndf=8)
+    ours, opts, pools, other, _, other_pools = setup(config)
+    keys = {name: list(net.state_dict()) for name, net in ours.items()}
+    for net in other.values():
+        net.compile(backend="aot_eager")
+    other_opts = build_optimizers(other, config)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(2):
+        real_A, real_B = batch(config, gen)
+        got = train_step(other, other_opts, other_pools, real_A, real_B, 10.0, 5.0)
+        want = train_step(ours, opts, pools, real_A, real_B, 10.0, 5.0)
+        for k in want:
+            assert got[k].item() == pytest.approx(want[k].item(), rel=1e-5), k
+    assert {name: list(net.state_dict()) for name, net in other.items()} == keys
