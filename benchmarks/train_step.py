@@ -19,8 +19,9 @@ falls on both alike; the rate is the median over the timed steps, after warm-up 
 FLOPs are counted with ``torch.utils.flop_counter`` (convolutions and matrix multiplies, forward
 and backward). ``peak`` is the best median rate of square float32 matrix multiplies (the
 ``bf16`` rows are held against the bf16 peak). Peak memory: on CUDA the allocator's high-water
-mark over a step; on the CPU the growth of the process's peak resident memory over the first step,
-each measured in a fresh subprocess (the CPU allocator has no counters).
+mark over a step; on the CPU the growth of resident memory over the first step (Linux's VmHWM,
+reset before the step), each variant in fresh subprocesses, median of three (the CPU allocator
+has no counters).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -111,21 +111,34 @@ def peak_memory(kind: str, size: int, batch: int, device: torch.device) -> float
         step()
         sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    out = subprocess.run([sys.executable, __file__, "--memory_probe", kind, str(size), str(batch)],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    probes = []
+    for _ in range(3):  # the median of three fresh processes: the C allocator's caching is noisy
+        out = subprocess.run([sys.executable, __file__, "--memory_probe", kind, str(size), str(batch)],
+                             capture_output=True, text=True, check=True)
+        probes.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(probes)
 
 
 def memory_probe(kind: str, size: int, batch: int) -> None:
+    """Print the growth of resident memory over one step, from Linux's high-water mark (VmHWM),
+    reset just before the step by writing 5 to /proc/self/clear_refs."""
+    import gc
+
     config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
     torch.manual_seed(0)
     step = make_variant(kind, build_networks(config), config, torch.device("cpu"))
-    with open("/proc/self/statm") as f:
-        rss_now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    before = max(rss_now, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    def status(field: str) -> int:
+        with open("/proc/self/status") as f:
+            line = next(line for line in f if line.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status("VmRSS")
     step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print((after - before) / 2**20)
+    print((status("VmHWM") - before) / 2**20)
 
 
 def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps: int, warmup: int) -> dict:
@@ -191,6 +204,8 @@ def main() -> None:
     bf16_here = cuda and torch.cuda.is_bf16_supported() or (not cuda and torch.backends.mkldnn.is_available()
                                                           and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     kinds = ["reference", "ours"] + ([] if args.quick or not bf16_here else ["ours_bf16"])
+    # The peak is measured before and after the cases, and the higher taken: a moment of noise
+    # on the machine must not pass for its peak.
     peak32 = matmul_peak_gflops(device, torch.float32, seconds=1.0)
     peak16 = matmul_peak_gflops(device, torch.bfloat16, seconds=1.0) if "ours_bf16" in kinds else None
     cases = [(64, 1)] if args.quick else [(64, 1), (64, 4), (128, 1), (128, 4), (256, 1), (256, 4)]
@@ -202,12 +217,15 @@ def main() -> None:
         for k in kinds:
             r = result[k]
             gflops = r["flops"] * r["img_s"] / batch / 1e9
-            peak = peak16 if k == "ours_bf16" else peak32
             mem = None if args.quick else peak_memory(k, size, batch, device)
             rows.append({"size": size, "batch": batch, "variant": k, "img_s": r["img_s"], "ratio": r["img_s"] / ref,
-                         "gflop_step": r["flops"] / 1e9, "gflops": gflops, "peak_fraction": gflops / peak,
-                         "memory_mib": mem})
+                         "gflop_step": r["flops"] / 1e9, "gflops": gflops, "memory_mib": mem})
             print(json.dumps(rows[-1]), flush=True)
+    peak32 = max(peak32, matmul_peak_gflops(device, torch.float32, seconds=1.0))
+    if peak16:
+        peak16 = max(peak16, matmul_peak_gflops(device, torch.bfloat16, seconds=1.0))
+    for row in rows:
+        row["peak_fraction"] = row["gflops"] / (peak16 if row["variant"] == "ours_bf16" else peak32)
     if args.quick:
         ours = next(r for r in rows if r["variant"] == "ours")
         print(f"ratio={ours['ratio']:.3f} peak_fraction={ours['peak_fraction']:.3f}")
@@ -244,7 +262,7 @@ def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | No
         "is the median over the timed steps. Ratio = img/s over the reference's at the same size and batch. "
         "Memory: what one step needs beyond the weights and inputs ("
         + ("CUDA allocator high-water mark" if device.type == "cuda" else
-           "growth of peak resident memory over the first step, each variant in a fresh process") + ").",
+           "growth of resident memory over the first step, VmHWM, each variant in a fresh process") + ").",
         "",
         "| size | batch | step | img/s | ratio | GFLOP/step | GFLOP/s | of peak | memory (MiB) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -259,16 +277,20 @@ def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | No
         f"256x256, flipped) with {workers} worker processes, against the training step's img/s above at 256x256.",
         "",
     ]
-    text = "\n".join(lines)
+    replace_section(path, "train_step", "\n".join(lines))
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Write ``text`` as the section ``name`` of ``path``, leaving other benchmarks' sections."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    marker = "<!-- train_step -->"
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
     old = path.read_text() if path.exists() else ""
-    if marker in old:  # other benchmarks share the file: replace this section only
-        head, _, rest = old.partition(marker)
-        _, _, tail = rest.partition("<!-- /train_step -->")
-        text = f"{head}{marker}\n{text}<!-- /train_step -->{tail}"
+    if start in old:
+        head, _, rest = old.partition(start)
+        _, _, tail = rest.partition(end)
+        text = f"{head}{start}\n{text}{end}{tail}"
     else:
-        text = f"{old}{marker}\n{text}<!-- /train_step -->\n"
+        text = f"{old}{start}\n{text}{end}\n"
     path.write_text(text)
     print(f"wrote {path}")
 

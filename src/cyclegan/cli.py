@@ -16,6 +16,9 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cyclegan.train", "train on two folders of unpaired images (the reference flags)"),
     "demo": ("cyclegan.demo", "train on built-in procedural data and score the result against the truth"),
+    "translate": ("cyclegan.translate", "translate images at full resolution with a trained generator"),
+    "export": ("cyclegan.export", "export a generator to ONNX or TorchScript, checked against PyTorch"),
+    "evaluate": ("cyclegan.evaluate", "FID and KID against real images; PSNR, SSIM, L1 with paired truth; cycle error"),
 }
 
 

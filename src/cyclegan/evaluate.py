@@ -1,0 +1,281 @@
+"""``cyclegan evaluate``: how good a translation is, as numbers to compare runs by.
+
+    cyclegan evaluate --checkpoint runs/h2z --input data/h2z/testA --real data/h2z/testB
+    cyclegan evaluate --fake out/ --real data/h2z/testB [--paired data/gt]
+
+- FID and KID between the translated images and real images of the target domain, on the
+  2048-d pool features of the standard FID Inception network (``inception-2015-12-05.pt``, the
+  TorchScript file StyleGAN2-ADA, StyleGAN3 and clean-fid use). Nothing is downloaded: the file
+  is read from ``--inception``, ``$CYCLEGAN_INCEPTION`` or ``~/.cache/cyclegan/``, and when it is
+  missing the error says where to put it. Images are resized to 299x299 (bicubic) first.
+- With ``--paired DIR`` (ground truth named as the inputs, as in the paper's Cityscapes
+  protocol): PSNR, SSIM and L1 of each translation against its truth.
+- With a checkpoint holding both generators: the cycle-consistency error, the mean absolute
+  difference between an input and its round trip through both generators (on [-1, 1], as the
+  training loss).
+
+The statistics come from torchmetrics (``FrechetInceptionDistance``, ``KernelInceptionDistance``,
+``structural_similarity_index_measure``): a maintained, tested implementation, which takes the
+feature network as a module, so that tests and users can give their own. (Its built-in Inception
+needs torch-fidelity, which depends on torchvision; this project does not.) Results are printed
+as a table and written as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from cyclegan.errors import CycleGANError
+from cyclegan.utils import atomic_write
+
+__all__ = ["main", "get_args_parser", "InceptionFeatures", "find_inception", "compute_metrics", "fid_from_features"]
+
+log = logging.getLogger("cyclegan.evaluate")
+
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
+
+
+def inception_locations() -> list[Path]:
+    places = []
+    if os.environ.get("CYCLEGAN_INCEPTION"):
+        places.append(Path(os.environ["CYCLEGAN_INCEPTION"]))
+    places.append(Path.home() / ".cache" / "cyclegan" / INCEPTION_FILE)
+    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    places.append(torch_home / "hub" / "checkpoints" / INCEPTION_FILE)
+    return places
+
+
+def find_inception(given: str | None) -> Path:
+    """The Inception file to use, or a CycleGANError saying exactly where to put it."""
+    if given:
+        path = Path(given)
+        if not path.is_file():
+            raise CycleGANError(f"--inception {path}: no such file. FID and KID need the FID Inception network "
+                                f"{INCEPTION_FILE} (TorchScript, 91 MB) from {INCEPTION_URL}")
+        return path
+    for path in inception_locations():
+        if path.is_file():
+            return path
+    default = inception_locations()[-2]
+    raise CycleGANError(
+        f"FID and KID need the FID Inception network {INCEPTION_FILE} (TorchScript, 91 MB), and nothing is downloaded "
+        f"without asking. Download it once:\n  mkdir -p {default.parent} && curl -L -o {default} {INCEPTION_URL}\n"
+        f"or pass --inception PATH (or set CYCLEGAN_INCEPTION). Looked in: "
+        + ", ".join(str(p) for p in inception_locations())
+    )
+
+
+class InceptionFeatures(nn.Module):
+    """The TorchScript FID Inception as a torchmetrics feature extractor: uint8 (N, 3, H, W) in,
+    (N, 2048) pool features out."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+        try:
+            self.net = torch.jit.load(str(path), map_location=device).eval()
+            with torch.no_grad():
+                probe = self(torch.zeros(1, 3, 299, 299, dtype=torch.uint8))
+        except (RuntimeError, ValueError) as exc:
+            raise CycleGANError(f"--inception {path}: not the TorchScript FID Inception network ({exc})") from exc
+        if probe.dim() != 2:
+            raise CycleGANError(f"--inception {path}: gives features of shape {tuple(probe.shape)}, not (N, 2048)")
+        self.num_features = int(probe.shape[1])  # 2048 for the real network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images.to(self.device), return_features=True).float().cpu()
+
+
+def to_uint8(tensor: torch.Tensor, size: int | None = 299) -> torch.Tensor:
+    """(C, H, W) in [-1, 1] to uint8 (3, size, size): grey made RGB, resized bicubic in PIL."""
+    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)).convert("RGB")
+    if size:
+        image = image.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
+
+
+def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
+    """FID from two feature matrices (rows are images), by the formula, with SciPy's sqrtm."""
+    from scipy import linalg
+
+    mu1, mu2 = real.mean(0), fake.mean(0)
+    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
+    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = covmean.real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def compute_metrics(fake: Sequence[torch.Tensor], real: Sequence[torch.Tensor], features: nn.Module,
+                    kid_subset_size: int = 100, batch_size: int = 16) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) between ``fake`` and ``real`` images, each a
+    (C, H, W) tensor in [-1, 1] of any size, on ``features`` (uint8 (N, 3, 299, 299) in)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    if len(fake) < 2 or len(real) < 2:
+        raise CycleGANError(f"FID needs at least 2 images on each side (got {len(fake)} translated, {len(real)} real)")
+    subset = min(kid_subset_size, len(fake), len(real))
+    with warnings.catch_warnings():  # KID keeps every feature vector: 8 KB an image, fine here
+        warnings.simplefilter("ignore", UserWarning)
+        fid = FrechetInceptionDistance(feature=features, reset_real_features=True)
+        kid = KernelInceptionDistance(feature=features, subset_size=subset, subsets=100)
+    for images, is_real in ((real, True), (fake, False)):
+        for start in range(0, len(images), batch_size):
+            batch = torch.stack([to_uint8(x) for x in images[start:start + batch_size]])
+            fid.update(batch, real=is_real)
+            kid.update(batch, real=is_real)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
+            "n_fake": len(fake), "n_real": len(real), "kid_subset_size": subset}
+
+
+def paired_metrics(fake: Sequence[torch.Tensor], truth: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Mean PSNR (dB), SSIM and L1 on [0, 1] of each translation against its ground truth."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    psnr, ssim, l1 = [], [], []
+    for f, t in zip(fake, truth):
+        a, b = ((f.float().clamp(-1, 1) + 1) / 2)[None], ((t.float().clamp(-1, 1) + 1) / 2)[None]
+        if a.shape != b.shape:
+            b = torch.nn.functional.interpolate(b, size=a.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+        psnr.append(float(peak_signal_noise_ratio(a, b, data_range=1.0)))
+        ssim.append(float(structural_similarity_index_measure(a, b, data_range=1.0)))
+        l1.append(float((a - b).abs().mean()))
+    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "l1": float(np.mean(l1)), "n_paired": len(l1)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cyclegan evaluate", description=(
+        "FID and KID of translated images against real target-domain images; PSNR, SSIM and L1 against paired "
+        "ground truth; the cycle-consistency error."))
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="translate --input with this run folder, checkpoint or weights file")
+    src.add_argument("--fake", help="a folder of images already translated (by cyclegan translate)")
+    p.add_argument("--input", help="with --checkpoint: the source-domain images (a folder)")
+    p.add_argument("--real", required=True, help="a folder of real target-domain images")
+    p.add_argument("--paired", help="a folder of ground-truth translations, named as the inputs")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="(default: AtoB)")
+    p.add_argument("--size", type=int, default=None, help=(
+        "with --checkpoint: translate at this shorter side (default: the run's training size, else 256)"))
+    p.add_argument("--inception", help=f"the FID Inception network {INCEPTION_FILE} (default: searched in "
+                                       "$CYCLEGAN_INCEPTION, ~/.cache/cyclegan, $TORCH_HOME/hub/checkpoints)")
+    p.add_argument("--kid_subset_size", type=int, default=100, help="images per KID subset (default: 100)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    return p
+
+
+def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], list[torch.Tensor]]:
+    from cyclegan.datasets import list_images
+    from cyclegan.translate import read_image
+
+    path = Path(folder)
+    if not path.is_dir():
+        raise CycleGANError(f"{flag} {path}: no such folder")
+    files = list_images(path)
+    if not files:
+        raise CycleGANError(f"{flag} {path}: the folder holds no images")
+    tensors = []
+    for f in files:
+        try:
+            tensors.append(read_image(f, channels)[0][0])
+        except (OSError, ValueError) as exc:
+            raise CycleGANError(f"{flag}: cannot read {f} ({exc}); remove or fix it") from exc
+    return files, tensors
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from cyclegan.inference import load_generator, translate_image
+    from cyclegan.translate import resolve_device
+
+    device = resolve_device(args.device)
+    features = InceptionFeatures(find_inception(args.inception), device)  # before any long work
+    results: dict[str, Any] = {}
+    if args.checkpoint:
+        if not args.input:
+            raise CycleGANError("--checkpoint needs --input, the folder of source-domain images to translate")
+        gen = load_generator(args.checkpoint, args.direction, device)
+        names, inputs = _read_folder(args.input, gen.in_channels, "--input")
+        back = None
+        if gen.config:  # a run's checkpoint: the other generator closes the cycle
+            back = load_generator(args.checkpoint, "BtoA" if args.direction == "AtoB" else "AtoB", device)
+        size = args.size or (min(gen.train_size) if gen.train_size else 256)
+        fakes, cycle = [], []
+        for x in inputs:
+            h, w = x.shape[-2:]
+            scale = size / min(h, w)
+            x = torch.nn.functional.interpolate(x[None], size=(max(4, round(h * scale)), max(4, round(w * scale))),
+                                                mode="bicubic", align_corners=False).clamp(-1, 1).to(device)
+            y = translate_image(gen, x)
+            fakes.append(y[0].cpu())
+            if back is not None:
+                cycle.append(float((translate_image(back, y) - x).abs().mean()))
+        if cycle:
+            results["cycle_l1"] = float(np.mean(cycle))
+        results["checkpoint"] = gen.source
+    else:
+        names, fakes = _read_folder(args.fake, 3, "--fake")
+    _, real = _read_folder(args.real, 3, "--real")
+    results.update(compute_metrics(fakes, real, features, args.kid_subset_size))
+    if args.paired:
+        truth_dir = Path(args.paired)
+        if not truth_dir.is_dir():
+            raise CycleGANError(f"--paired {truth_dir}: no such folder")
+        from cyclegan.datasets import list_images
+        from cyclegan.translate import read_image
+
+        by_stem = {p.stem: p for p in list_images(truth_dir)}
+        pairs = [(f, by_stem[n.stem]) for f, n in zip(fakes, names) if n.stem in by_stem]
+        if not pairs:
+            raise CycleGANError(f"--paired {truth_dir}: no file is named as an input ({names[0].stem}.*, ...)")
+        truth = [read_image(t, f.shape[0])[0][0] for f, t in pairs]
+        results.update(paired_metrics([f for f, _ in pairs], truth))
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [("FID", "fid", "{:.2f}"), ("KID", "kid", "{:.4f}"), ("KID std", "kid_std", "{:.4f}"),
+            ("PSNR (dB)", "psnr", "{:.2f}"), ("SSIM", "ssim", "{:.4f}"), ("L1", "l1", "{:.4f}"),
+            ("cycle L1", "cycle_l1", "{:.4f}"), ("translated images", "n_fake", "{}"), ("real images", "n_real", "{}"),
+            ("paired images", "n_paired", "{}")]
+    present = [(label, fmt.format(results[key])) for label, key, fmt in rows if key in results]
+    width = max(len(label) for label, _ in present)
+    return "\n".join(f"{label:<{width}}  {value}" for label, value in present)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cyclegan.train import setup_logging
+
+    setup_logging()
+    args = get_args_parser().parse_args(argv)
+    try:
+        results = run(args)
+    except CycleGANError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    print(format_table(results))
+    if args.json:
+        with atomic_write(Path(args.json), "w") as f:
+            json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()},
+                      f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""Load a trained generator from whatever file people have, and run it on whole images.
+
+``load_generator(path, direction)`` takes:
+
+- a run folder (its newest checkpoint: ``checkpoints/epoch_N.safetensors`` or a run checkpoint
+  under ``checkpoints/resume``), a run checkpoint folder, or an ``epoch_N.safetensors`` file:
+  ``G_AB`` for ``AtoB``, ``G_BA`` for ``BtoA``, built from the run's config;
+- one generator's weights, ``.pth`` or ``.safetensors``: the reference code's ``G_AB_N.pth``, the
+  official repository's ``latest_net_G_A.pth`` (its ``ResnetGenerator``: transposed-convolution
+  upsampling, ``conv_block`` keys; instance-norm running statistics of old files are dropped), or
+  an exported ``.safetensors``. The architecture, block count, width and channels are read off
+  the keys and shapes. Files are read with ``weights_only=True``: nothing in them is executed.
+
+``translate_image`` pads an image by reflection to what the generator needs (a multiple of 4 for
+the ResNet generators) and crops the result back, so a 501x333 photo comes back 501x333; with
+``tile`` it translates overlapping tiles and blends their seams linearly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cyclegan.checkpoint import (
+    list_checkpoints,
+    list_run_checkpoints,
+    load_checkpoint,
+    load_run_checkpoint,
+    load_state_dict_file,
+)
+from cyclegan.errors import CycleGANError
+from cyclegan.models import GeneratorResNet, ResnetGenerator, UnetGenerator, define_G
+
+__all__ = ["Generator", "load_generator", "generator_from_state_dict", "translate_image", "newest_checkpoint"]
+
+
+@dataclass
+class Generator:
+    """A generator ready to run: ``net`` in eval mode, its channel counts, the multiple that
+    image sides must have, and what it was loaded from."""
+
+    net: nn.Module
+    in_channels: int
+    out_channels: int
+    multiple: int
+    source: str
+    arch: str
+    train_size: tuple[int, int] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The most recently written checkpoint of a run folder (epoch file or run checkpoint)."""
+    candidates = list(list_checkpoints(run_dir).values()) + list_run_checkpoints(run_dir)
+    if not candidates:
+        raise CycleGANError(f"--checkpoint {run_dir}: the run folder holds no checkpoint yet "
+                            f"(looked in {run_dir / 'checkpoints'})")
+    return max(candidates, key=lambda p: (p / "networks.safetensors" if p.is_dir() else p).stat().st_mtime)
+
+
+def _multiple(config: dict[str, Any]) -> int:
+    net = config.get("netG", "resnet")
+    if net == "unet_128":
+        return 128
+    if net == "unet_256":
+        return 256
+    return 4
+
+
+def _from_run(states: dict[str, dict[str, torch.Tensor]], config: dict[str, Any], direction: str,
+              source: str) -> Generator:
+    name = "G_AB" if direction == "AtoB" else "G_BA"
+    a = config.get("input_nc") or config.get("channels", 3)
+    b = config.get("output_nc") or config.get("channels", 3)
+    cin, cout = (a, b) if direction == "AtoB" else (b, a)
+    n_blocks = config.get("n_residual_blocks", 9)
+    net = define_G(config.get("netG", "resnet"), cin, cout, n_blocks=n_blocks, ngf=config.get("ngf", 64),
+                   norm=config.get("norm", "instance"), use_dropout=config.get("use_dropout", False),
+                   upsample=config.get("upsample", "nearest"))
+    net.load_state_dict(states[name])
+    arch = "official" if config.get("upsample") == "transpose" else "reference"
+    size = (config.get("img_height", 256), config.get("img_width", 256))
+    return Generator(net.eval(), cin, cout, _multiple(config), f"{source} ({name})", arch, size, config)
+
+
+_BLOCK = re.compile(r"^model\.(\d+)\.(conv_block|block)\.")
+
+
+def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "state dict") -> Generator:
+    """One generator from its weights alone: the reference's ``GeneratorResNet`` (``block`` keys)
+    or the official ``ResnetGenerator`` (``conv_block`` keys), with width, blocks and channels
+    read off the shapes."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    blocks = {int(m.group(1)): m.group(2) for k in state if (m := _BLOCK.match(k))}
+    if not blocks or "model.1.weight" not in state:
+        raise CycleGANError(
+            f"{source}: not a ResNet generator this program knows (expected 'model.1.weight' and "
+            f"'model.<i>.block.*' (reference) or 'model.<i>.conv_block.*' (official) keys; found "
+            f"{', '.join(list(state)[:6])}, ...)"
+        )
+    kind = set(blocks.values())
+    if len(kind) > 1:
+        raise CycleGANError(f"{source}: mixes reference 'block' and official 'conv_block' keys")
+    first = state["model.1.weight"]
+    ngf, in_channels = int(first.shape[0]), int(first.shape[1])
+    batch_norm = "model.2.weight" in state and "model.2.running_mean" in state
+    norm = "batch" if batch_norm else "instance"
+    if not batch_norm:  # instance norm without affine parameters: old files carry running stats
+        state = {k: v for k, v in state.items()
+                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    convs = [k for k in state if re.fullmatch(r"model\.\d+\.weight", k) and state[k].dim() == 4]
+    last = max(convs, key=lambda k: int(k.split(".")[1]))
+    out_channels = int(state[last].shape[0])
+    n_blocks = len(blocks)
+    dropout = any(re.match(r"model\.\d+\.(conv_block|block)\.7\.", k) for k in state)
+    if kind == {"conv_block"}:
+        net: nn.Module = ResnetGenerator(in_channels, out_channels, ngf, norm, False, n_blocks)
+        arch = "official"
+    else:
+        net = GeneratorResNet((in_channels,), n_blocks, ngf=ngf, norm=norm, out_channels=out_channels)
+        arch = "reference"
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CycleGANError(f"{source}: the weights do not fit a {arch} ResNet generator with {n_blocks} blocks "
+                            f"(ngf {ngf}, {in_channels} -> {out_channels} channels"
+                            f"{', dropout' if dropout else ''}): {exc}") from exc
+    return Generator(net.eval(), in_channels, out_channels, 4, source, arch)
+
+
+def load_generator(path: str | Path, direction: str = "AtoB", device: torch.device | str = "cpu") -> Generator:
+    """The generator for ``direction`` from a run folder, a checkpoint or a weights file."""
+    if direction not in ("AtoB", "BtoA"):
+        raise CycleGANError(f"--direction {direction}: use AtoB or BtoA")
+    path = Path(path)
+    if not path.exists():
+        raise CycleGANError(f"--checkpoint {path}: no such file or folder")
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        path = newest_checkpoint(path)
+    if path.is_dir():
+        if not (path / "networks.safetensors").is_file():
+            raise CycleGANError(f"--checkpoint {path}: a folder that is neither a run folder (with checkpoints/) nor "
+                                "a run checkpoint (with networks.safetensors)")
+        states, state = load_run_checkpoint(path)
+        gen = _from_run(states, state.get("config", {}), direction, str(path))
+    elif path.suffix == ".safetensors":
+        try:
+            states, meta = load_checkpoint(path)
+        except CycleGANError:
+            states, meta = {}, {}
+        if "config" in meta and "G_AB" in states:
+            gen = _from_run(states, meta["config"], direction, str(path))
+        else:
+            gen = generator_from_state_dict(load_state_dict_file(path), str(path))
+    else:
+        gen = generator_from_state_dict(load_state_dict_file(path), str(path))
+    gen.net.to(device)
+    return gen
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+def translate_tensor(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``run`` on ``x`` (N, C, H, W in [-1, 1]) padded by reflection to a multiple, cropped back."""
+    padded, h, w = _pad_to(x, multiple)
+    return run(padded)[..., :h, :w]
+
+
+def _ramp(n: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """Blend weights along one side of a tile: rising over the overlap unless at the image edge."""
+    weight = torch.ones(n)
+    if overlap > 0:
+        ramp = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
+        if not at_start:
+            weight[:overlap] = ramp
+        if not at_end:
+            weight[n - overlap:] = ramp.flip(0)
+    return weight
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+def translate_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, multiple: int, tile: int,
+                    overlap: int, out_channels: int) -> torch.Tensor:
+    """Translate ``x`` (1, C, H, W) tile by tile (``tile`` square, ``overlap`` shared pixels), each
+    tile padded as a whole image is, the seams blended with linear weights."""
+    _, _, h, w = x.shape
+    out = torch.zeros(1, out_channels, h, w, device=x.device)
+    total = torch.zeros(1, 1, h, w, device=x.device)
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    for y in ys:
+        for x0 in xs:
+            patch = x[..., y:y + tile, x0:x0 + tile]
+            result = translate_tensor(run, patch, multiple).float()
+            th, tw = patch.shape[-2:]
+            wy = _ramp(th, min(overlap, th // 2), y == 0, y + th >= h).to(x.device)
+            wx = _ramp(tw, min(overlap, tw // 2), x0 == 0, x0 + tw >= w).to(x.device)
+            weight = (wy[:, None] * wx[None, :])[None, None]
+            out[..., y:y + th, x0:x0 + tw] += result * weight
+            total[..., y:y + th, x0:x0 + tw] += weight
+    return out / total
+
+
+def translate_image(gen: Generator, x: torch.Tensor, tile: int | None = None, overlap: int = 32) -> torch.Tensor:
+    """The translation of ``x`` (N, C, H, W in [-1, 1]), of the same height and width."""
+    with torch.inference_mode():
+        if tile:
+            return torch.cat([translate_tiled(gen, x[i:i + 1], gen.multiple, tile, overlap, gen.out_channels)
+                              for i in range(x.size(0))])
+        return translate_tensor(gen, x, gen.multiple)

@@ -1,0 +1,289 @@
+"""``cyclegan translate``: a trained generator on any images, at full resolution.
+
+    cyclegan translate --checkpoint runs/h2z --input photos/ 'more/*.jpg' one.png --output out/
+
+Inputs are files, folders (their images, not recursive) or glob patterns. Every image keeps its
+size: it is padded by reflection to what the generator needs and cropped back (``--resize``
+works at the training size instead and scales back). Images of equal size go through in
+batches; ``--tile`` translates big images in overlapping tiles with blended seams. Outputs keep
+the input's name, in the format of ``--ext`` (default: the input's own when it is png, jpg or
+webp, else png), each written atomically; ``index.html`` shows inputs and outputs side by side.
+Grey inputs of a colour model are made RGB, and an RGBA image's alpha is put back on its
+translation. An unreadable input is reported by name and skipped; the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import html
+import io
+import logging
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cyclegan.datasets import IMG_EXTENSIONS, list_images
+from cyclegan.errors import CycleGANError
+from cyclegan.inference import Generator, load_generator, translate_image
+from cyclegan.utils import atomic_write
+
+__all__ = ["main", "get_args_parser", "collect_inputs"]
+
+log = logging.getLogger("cyclegan.translate")
+
+OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cyclegan translate",
+        description="Translate images with a trained generator, each at its own full resolution.",
+    )
+    p.add_argument("--checkpoint", required=True, help=(
+        "a run folder (its newest checkpoint), a checkpoint (epoch_N.safetensors or a run checkpoint folder), "
+        "one generator's weights (.pth or .safetensors: the reference's G_AB_N.pth, the official "
+        "latest_net_G_A.pth), or with --backend onnxruntime an exported .onnx file"))
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="image files, folders of images, or glob patterns (quote them)")
+    p.add_argument("--output", required=True, help="folder for the translated images and index.html")
+    p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help=(
+        "which generator of a run: G_AB (AtoB) or G_BA (BtoA); a file with one generator has no choice "
+        "(default: AtoB)"))
+    p.add_argument("--resize", action="store_true", help=(
+        "translate at the training size (the shorter side scaled to it) and scale the result back to the "
+        "image's size, instead of at full resolution"))
+    p.add_argument("--size", type=int, default=None, help=(
+        "with --resize: the shorter side to work at (default: the run's training size, else 256)"))
+    p.add_argument("--batch_size", type=int, default=4, help="images of equal size per batch (default: 4)")
+    p.add_argument("--tile", type=int, default=None, metavar="SIZE", help=(
+        "translate in SIZE x SIZE tiles (for images too large for memory) with blended seams (default: whole "
+        "images)"))
+    p.add_argument("--overlap", type=int, default=32, metavar="PX", help="pixels tiles share (default: 32)")
+    p.add_argument("--ext", choices=("png", "jpg", "webp"), default=None, help=(
+        "output format (default: the input's when png, jpg or webp, else png)"))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=(
+        "torch, or onnxruntime running a file made by 'cyclegan export --format onnx' (default: torch)"))
+    p.add_argument("--no_index", action="store_true", help="do not write index.html")
+    return p
+
+
+def collect_inputs(specs: Sequence[str]) -> list[tuple[Path, Path]]:
+    """``(image file, output name relative to the output folder)`` for every input, in order.
+    Folder inputs keep the folder's name as a subfolder when several inputs are given."""
+    found: list[tuple[Path, Path]] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            images = list_images(path)
+            if not images:
+                raise CycleGANError(f"--input {spec}: the folder holds no images ({' '.join(IMG_EXTENSIONS)})")
+            found += [(p, Path(p.name)) for p in images]
+        elif path.is_file():
+            found.append((path, Path(path.name)))
+        elif any(c in spec for c in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise CycleGANError(f"--input {spec}: the pattern matches no file")
+            found += [(m, Path(m.name)) for m in matches]
+        else:
+            raise CycleGANError(f"--input {spec}: no such file or folder")
+    return found
+
+
+@dataclass
+class Item:
+    source: Path
+    target: Path
+    size: tuple[int, int]
+    tensor: torch.Tensor
+    alpha: Image.Image | None
+
+
+def output_name(name: Path, ext: str | None) -> Path:
+    own = name.suffix.lower().lstrip(".")
+    chosen = ext or (own if own in OUTPUT_FORMATS else "png")
+    return name.with_suffix("." + ("jpg" if chosen == "jpeg" else chosen))
+
+
+def read_image(path: Path, channels: int) -> tuple[torch.Tensor, Image.Image | None, tuple[int, int]]:
+    """The image as a (1, C, H, W) tensor in [-1, 1], its alpha channel if any, its size."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        img.load()
+    alpha = None
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        img = rgba.convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
+    img = img.convert("L" if channels == 1 else "RGB")
+    array = np.asarray(img, dtype=np.float32) / 127.5 - 1
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
+    return tensor[None], alpha, img.size
+
+
+def to_image(tensor: torch.Tensor) -> Image.Image:
+    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
+
+
+def save(image: Image.Image, path: Path, alpha: Image.Image | None) -> None:
+    fmt = OUTPUT_FORMATS[path.suffix.lower().lstrip(".")]
+    if alpha is not None and fmt in ("PNG", "WEBP"):
+        image = image.convert("RGBA" if image.mode == "RGB" else "LA")
+        image.putalpha(alpha)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getvalue())
+
+
+class OnnxGenerator:
+    """An exported generator run by onnxruntime, with the interface of ``Generator``."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise CycleGANError("--backend onnxruntime needs onnxruntime: pip install 'cyclegan[export]'") from exc
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+            raise CycleGANError(f"--checkpoint {path}: not an ONNX model onnxruntime can load ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        info = self.session.get_inputs()[0]
+        self.input_name = info.name
+        self.in_channels = int(meta.get("in_channels", info.shape[1] if isinstance(info.shape[1], int) else 3))
+        self.out_channels = int(meta.get("out_channels", 3))
+        self.multiple = int(meta.get("multiple", 4))
+        self.train_size = None
+        self.source = str(path)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})
+        return torch.from_numpy(out)
+
+
+def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
+    rows = []
+    for source, target in done:
+        src = html.escape(Path(os.path.relpath(source.resolve(), output.resolve())).as_posix())
+        dst = html.escape(target.as_posix())
+        rows.append(f'<tr><td>{html.escape(source.name)}</td><td><img src="{src}" loading="lazy"></td>'
+                    f'<td><img src="{dst}" loading="lazy"></td></tr>')
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>cyclegan translate</title><style>"
+        "body{font-family:sans-serif}img{max-width:420px;max-height:420px}td{padding:4px;vertical-align:top}"
+        "</style></head><body><table><tr><th>name</th><th>input</th><th>output</th></tr>"
+        + "".join(rows) + "</table></body></html>\n"
+    )
+    with atomic_write(output / "index.html", "w") as f:
+        f.write(page)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise CycleGANError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise CycleGANError(f"--batch_size {args.batch_size}: must be at least 1")
+    if args.tile is not None and (args.tile < 16 or args.overlap < 0 or args.overlap >= args.tile // 2):
+        raise CycleGANError(f"--tile {args.tile} --overlap {args.overlap}: the tile must be at least 16 and the "
+                            "overlap below half the tile")
+    inputs = collect_inputs(args.input)
+    output = Path(args.output)
+    targets: dict[Path, Path] = {}
+    for source, name in inputs:
+        target = output_name(name, args.ext)
+        if target in targets and targets[target] != source:
+            raise CycleGANError(f"--input: {targets[target]} and {source} would both be written to "
+                                f"{output / target}; translate them into different --output folders")
+        targets[target] = source
+    device = resolve_device(args.device)
+    gen: Generator | OnnxGenerator
+    if args.backend == "onnxruntime":
+        gen = OnnxGenerator(Path(args.checkpoint))
+    else:
+        gen = load_generator(args.checkpoint, args.direction, device)
+    log.info("%s: %d -> %d channels; %d images", gen.source, gen.in_channels, gen.out_channels, len(targets))
+    work_size = args.size or (min(gen.train_size) if gen.train_size else 256)
+
+    from tqdm import tqdm
+
+    failed: list[tuple[Path, str]] = []
+    done: list[tuple[Path, Path]] = []
+    groups: dict[tuple[int, int], list[Item]] = defaultdict(list)
+    bar = tqdm(total=len(targets), unit="img", disable=not sys.stderr.isatty())
+
+    def flush(items: list[Item]) -> None:
+        batch = torch.cat([it.tensor for it in items]).to(device)
+        result = translate_image(gen, batch, args.tile, args.overlap)
+        for it, out in zip(items, result):
+            image = to_image(out)
+            if image.size != it.size:  # --resize: back to the input's size
+                image = image.resize(it.size, Image.BICUBIC)
+            save(image, output / it.target, it.alpha)
+            done.append((it.source, it.target))
+            bar.update(1)
+
+    for target, source in targets.items():
+        try:
+            tensor, alpha, size = read_image(source, gen.in_channels)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            failed.append((source, str(exc) or type(exc).__name__))
+            bar.update(1)
+            continue
+        if args.resize:
+            w, h = size
+            scale = work_size / min(w, h)
+            work = (max(1, round(w * scale)), max(1, round(h * scale)))
+            tensor = torch.nn.functional.interpolate(tensor, size=(work[1], work[0]), mode="bicubic",
+                                                     align_corners=False).clamp(-1, 1)
+        key = tuple(tensor.shape[-2:])
+        groups[key].append(Item(source, target, size, tensor, alpha))
+        if len(groups[key]) >= args.batch_size:
+            flush(groups.pop(key))
+    for items in groups.values():
+        flush(items)
+    bar.close()
+    if not args.no_index and done:
+        write_index(output, done)
+    log.info("wrote %d images to %s", len(done), output)
+    if failed:
+        listing = "\n".join(f"  {path}: {why}" for path, why in failed)
+        log.error("%d of %d inputs could not be read and were skipped:\n%s", len(failed), len(targets), listing)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cyclegan.train import setup_logging
+
+    setup_logging()
+    args = get_args_parser().parse_args(argv)
+    try:
+        return run(args)
+    except CycleGANError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
