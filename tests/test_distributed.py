@@ -4,6 +4,7 @@ process counts; a failing rank ends the whole job."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,6 +88,11 @@ def test_two_processes_match_one_process_on_the_global_batch(data, tmp_path):
     # Only rank 0 wrote the run folder; its checkpoints hold plain (unwrapped) weights.
     states, _ = load_run_checkpoint(list_run_checkpoints(tmp_path / "run2")[-1])
     assert "model.1.weight" in states["G_AB"]
+    # ... and its metrics, TensorBoard events and report: one writer, each step logged once.
+    assert len(list((tmp_path / "run2" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]  # the last step of each epoch (2 steps an epoch)
+    assert (tmp_path / "run2" / "report.html").is_file()
 
 
 def test_resume_across_process_counts(data, tmp_path):

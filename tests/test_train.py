@@ -43,7 +43,7 @@ def test_a_step_updates_all_four_networks_and_returns_finite_losses():
     before = {n: [p.detach().clone() for p in nets[n].parameters()] for n in NETWORK_NAMES}
     losses = train_step(nets, build_optimizers(nets, config), {"A": ReplayBuffer(), "B": ReplayBuffer()},
                         torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1, 10.0, 5.0)
-    assert set(losses) == {"D", "G", "adv", "cycle", "identity"}
+    assert set(losses) == {"D_A", "D_B", "D", "G", "adv", "cycle", "identity"}
     assert all(math.isfinite(v.item()) for v in losses.values())
     for name in NETWORK_NAMES:
         changed = [not torch.equal(a, b) for a, b in zip(before[name], nets[name].parameters())]

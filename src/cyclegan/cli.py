@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("cyclegan.demo", "train on built-in procedural data and score the result against the truth"),
     "translate": ("cyclegan.translate", "translate images at full resolution with a trained generator"),
     "export": ("cyclegan.export", "export a generator to ONNX or TorchScript, checked against PyTorch"),
+    "report": ("cyclegan.report", "write report.html for a run: loss curves, sample grids, checkpoint, config"),
+    "serve": ("cyclegan.serve", "a web page (Gradio) to try a trained model in the browser"),
     "evaluate": ("cyclegan.evaluate", "FID and KID against real images; PSNR, SSIM, L1 with paired truth; cycle error"),
 }
 

@@ -74,6 +74,9 @@ class TrainConfig:
     save_every_steps: int = 0
     max_steps: int | None = None
     bad_images: str = "error"
+    # Watching.
+    logger: str = "tensorboard"
+    log_interval: int = 10
     # Speed.
     amp: str = "auto"
     channels_last: str = "auto"
@@ -198,6 +201,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                       "config.json; overwrite, resume and max_steps are not read "
                                                       "from it); flags given on the command line win")
     run.add_argument("--print_config", action="store_true", help="print the resolved options as YAML and exit")
+
+    watch = p.add_argument_group("watching")
+    watch.add_argument("--logger", choices=("tensorboard", "wandb", "none"), help=_help(
+        "where the loss terms, learning rates, img/s and sample grids go besides <output>/metrics.jsonl: "
+        "tensorboard (<output>/tensorboard), wandb (offline, <output>/wandb), none", d.logger))
+    watch.add_argument("--log_interval", type=int, help=_help(
+        "steps between logged metrics (and the last step of each epoch)", d.log_interval))
 
     speed = p.add_argument_group("speed")
     speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help=_help(

@@ -59,6 +59,8 @@ from cyclegan.distributed import any_rank, barrier, broadcast_int, init_distribu
 from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss
 from cyclegan.models import define_D, define_G
+from cyclegan.logger import make_logger
+from cyclegan.report import write_report
 from cyclegan.perf import adam, matmul_peak_gflops, resolve_speed, step_flops
 from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig, describe, get_args_parser, parse_config, validate
 from cyclegan.utils import LambdaLR, ReplayBuffer, atomic_write, make_grid, save_image, seed_everything
@@ -262,6 +264,8 @@ def train_step(
         scaler.update()
 
     return {
+        "D_A": losses_D[0].detach(),
+        "D_B": losses_D[1].detach(),
         "D": ((losses_D[0] + losses_D[1]) / 2).detach(),
         "G": loss_G.detach(),
         "adv": loss_GAN.detach(),
@@ -709,6 +713,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                 "checkpoints are intact: free some space and continue with --resume"
             ) from exc
 
+    run_logger = make_logger(run_dir, config.logger, config.to_json(), env.is_main)
     n_batches = len(loader)
     layout = torch.channels_last if speed.channels_last else torch.contiguous_format
     # The fraction of the machine's measured matrix-multiply peak the step reaches (nanoGPT's MFU).
@@ -719,7 +724,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     total_batches = (config.n_epochs - start_epoch) * n_batches - start_batch
     done_batches = 0
     start = time.perf_counter()
-    with StopSignals() as stop:
+    with StopSignals() as stop, contextlib.closing(run_logger):
         for epoch in range(start_epoch, config.n_epochs):
             first = start_batch if epoch == start_epoch else 0
             if first == 0:
@@ -758,9 +763,18 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                 eta = elapsed / done_batches * (total_batches - done_batches)
                 progress.update(i, values, real_A.size(0) * env.world_size / max(step_s, 1e-9),
                                 flops / max(step_s, 1e-9) / 1e9 / max(peak, 1e-9), eta)
+                if step % config.log_interval == 0 or i + 1 == n_batches:
+                    run_logger.scalars(step, {
+                        **values, "lr_G": optimizers["G"].param_groups[0]["lr"],
+                        "lr_D": optimizers["D_A"].param_groups[0]["lr"],
+                        "img_s": real_A.size(0) * env.world_size / max(step_s, 1e-9),
+                        "peak_fraction": flops / max(step_s, 1e-9) / 1e9 / max(peak, 1e-9),
+                    }, epoch=epoch + 1, batch=i + 1)
                 batches_done = epoch * n_batches + i
                 if batches_done % config.sample_interval == 0 and env.is_main:
-                    sample_images(nets, val_batch, run_dir / "samples" / f"{batches_done:07d}.png", device)
+                    grid = run_dir / "samples" / f"{batches_done:07d}.png"
+                    sample_images(nets, val_batch, grid, device)
+                    run_logger.image(batches_done, grid)
                 stopping = any_rank(stop.signum is not None, env, device) or (
                     config.max_steps is not None and step >= config.max_steps)
                 if i + 1 < n_batches and (stopping or (config.save_every_steps and step % config.save_every_steps == 0)):
@@ -792,6 +806,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     barrier(env)
     log.info("done: %d epochs in %s, run folder %s", config.n_epochs - start_epoch,
              format_eta(time.perf_counter() - start), run_dir)
+    if env.is_main:
+        log.info("report: %s", write_report(run_dir))
     return run_dir
 
 

@@ -1,0 +1,128 @@
+"""What a run records for people to watch: ``metrics.jsonl`` always, and TensorBoard or W&B.
+
+``RunLogger`` is made on rank 0 only (other ranks get ``NullLogger``). Every ``--log_interval``
+steps and at the end of each epoch it appends one JSON line to ``<run>/metrics.jsonl``:
+``{"step", "epoch", "batch", "time", "D", "G", "adv", "cycle", "identity", "D_A", "D_B",
+"lr_G", "lr_D", "img_s", "peak_fraction"}``, and sends the same scalars to the backend:
+
+- ``tensorboard`` (the default): event files in ``<run>/tensorboard``, scalars under ``loss/``,
+  ``lr/`` and ``speed/``, the sample grid as the image ``samples`` every ``--sample_interval``
+  batches, and the config as text;
+- ``wandb`` (``pip install "cyclegan[wandb]"``), offline: files in ``<run>/wandb`` for
+  ``wandb sync``;
+- ``none``: only ``metrics.jsonl``.
+
+A resumed run appends to the same files; lines after the resumed step (written before a crash)
+are kept, and readers take the last line of a step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cyclegan.errors import CycleGANError
+
+__all__ = ["LOGGERS", "NullLogger", "RunLogger", "make_logger", "read_metrics"]
+
+log = logging.getLogger("cyclegan.logger")
+
+LOGGERS = ("tensorboard", "wandb", "none")
+
+
+class NullLogger:
+    """The logger of ranks other than 0: records nothing."""
+
+    def scalars(self, step: int, values: dict[str, float], **context: Any) -> None:
+        pass
+
+    def image(self, step: int, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunLogger(NullLogger):
+    def __init__(self, run_dir: Path, backend: str, config: dict[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.backend = backend
+        self.start = time.time()
+        self.jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.tb = self.wandb = None
+        if backend == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:  # tensorboard is a dependency; a broken install says so
+                raise CycleGANError("--logger tensorboard needs the tensorboard package: pip install tensorboard, "
+                                    "or pass --logger none") from exc
+            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.tb.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())), 0)
+        elif backend == "wandb":
+            try:
+                import wandb
+            except ImportError as exc:
+                raise CycleGANError('--logger wandb needs wandb: pip install "cyclegan[wandb]" (it runs offline; '
+                                    "upload later with wandb sync)") from exc
+            self.wandb = wandb.init(mode="offline", dir=str(self.run_dir), config=config,
+                                    name=self.run_dir.name, resume="allow")
+        elif backend != "none":
+            raise CycleGANError(f"--logger {backend}: use one of {', '.join(LOGGERS)}")
+
+    def scalars(self, step: int, values: dict[str, float], **context: Any) -> None:
+        record = {"step": step, **context, "time": round(time.time() - self.start, 3), **values}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            for key, value in values.items():
+                group = "lr" if key.startswith("lr_") else "speed" if key in ("img_s", "peak_fraction") else "loss"
+                self.tb.add_scalar(f"{group}/{key}", value, step)
+            self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
+    def image(self, step: int, path: Path) -> None:
+        if self.tb is None and self.wandb is None:
+            return
+        from PIL import Image
+
+        array = np.asarray(Image.open(path).convert("RGB"))
+        if self.tb is not None:
+            self.tb.add_image("samples", array, step, dataformats="HWC")
+            self.tb.flush()
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({"samples": wandb.Image(array)}, step=step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def make_logger(run_dir: Path, backend: str, config: dict[str, Any], is_main: bool) -> NullLogger:
+    return RunLogger(run_dir, backend, config) if is_main else NullLogger()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The lines of ``metrics.jsonl``, one per step (the last line written for a step wins, so a
+    resumed run's rewritten steps replace those of the attempt before), in step order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        by_step[int(record["step"])] = record
+    return [by_step[k] for k in sorted(by_step)]

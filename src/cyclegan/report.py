@@ -1,0 +1,158 @@
+"""``cyclegan report RUN``: one self-contained HTML page about a run, readable offline.
+
+``report.html`` in the run folder (written at the end of training too) holds: the loss curves and
+learning rates drawn with matplotlib from ``metrics.jsonl``, the sample grids over time, the
+latest checkpoint, the evaluation numbers when ``evaluation.json`` is there (``cyclegan evaluate
+... --json RUN/evaluation.json``), and the config. Images are embedded as data URLs, so the one
+file can be mailed or archived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cyclegan.errors import CycleGANError
+from cyclegan.logger import read_metrics
+from cyclegan.utils import atomic_write
+
+__all__ = ["write_report", "main"]
+
+log = logging.getLogger("cyclegan.report")
+
+LOSS_PANELS = (
+    ("discriminators", ("D_A", "D_B", "D")),
+    ("generators: adversarial and total", ("adv", "G")),
+    ("cycle consistency", ("cycle",)),
+    ("identity", ("identity",)),
+)
+
+
+def _png_data_url(data: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def loss_chart(records: list[dict[str, Any]]) -> bytes:
+    """The loss curves and learning rates as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, len(LOSS_PANELS) + 1, figsize=(4 * (len(LOSS_PANELS) + 1), 3.2), dpi=100)
+    for ax, (title, keys) in zip(axes, LOSS_PANELS):
+        for key in keys:
+            values = [r.get(key) for r in records]
+            if any(v is not None for v in values):
+                ax.plot(steps, values, label=key, linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    ax = axes[-1]
+    for key in ("lr_G", "lr_D"):
+        values = [r.get(key) for r in records]
+        if any(v is not None for v in values):
+            ax.plot(steps, values, label=key, linewidth=1)
+    ax.set_title("learning rate", fontsize=10)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def pick_samples(samples: list[Path], at_most: int = 8) -> list[Path]:
+    """At most ``at_most`` grids spread evenly over the run, the first and the last included."""
+    if len(samples) <= at_most:
+        return samples
+    picks = {round(i * (len(samples) - 1) / (at_most - 1)) for i in range(at_most)}
+    return [samples[i] for i in sorted(picks)]
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise CycleGANError(f"{run_dir}: not a run folder (no config.json); give the --output folder of a training run")
+    config = json.loads((run_dir / "config.json").read_text())
+    records = read_metrics(run_dir)
+    samples = sorted((run_dir / "samples").glob("*.png"))
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>CycleGAN run {html.escape(run_dir.name)}</title><style>",
+        "body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}"
+        "figure{display:inline-block;margin:0 1em 1em 0}figure img{image-rendering:pixelated;min-width:160px}"
+        "#loss-chart{max-width:100%;height:auto}"
+        "figcaption{font-size:90%;color:#555}",
+        "</style></head><body>",
+        f"<h1>CycleGAN run <code>{html.escape(str(run_dir))}</code></h1>",
+    ]
+    if records:
+        last = records[-1]
+        parts.append(f"<p>{len(records)} logged steps; last: step {last['step']} (epoch {last.get('epoch', '?')})"
+                     f", {last.get('img_s', 0):.3g} img/s.</p>")
+        parts.append("<h2>Losses</h2>")
+        parts.append(f"<img id='loss-chart' alt='loss curves' src='{_png_data_url(loss_chart(records))}'>")
+    else:
+        parts.append("<p id='no-metrics'>No metrics.jsonl yet: the run has logged no step.</p>")
+    parts.append("<h2>Samples</h2><p>Rows: real A, G_AB(A), real B, G_BA(B); test images.</p><div id='samples'>")
+    for path in pick_samples(samples):
+        caption = f"batch {int(path.stem)}" if path.stem.isdigit() else path.stem
+        parts.append(f"<figure class='sample'><img alt='{html.escape(caption)}' "
+                     f"src='{_png_data_url(path.read_bytes())}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+    if not samples:
+        parts.append("<p>No sample grid yet.</p>")
+    parts.append("</div>")
+    try:
+        from cyclegan.inference import newest_checkpoint
+
+        latest = newest_checkpoint(run_dir)
+        parts.append(f"<h2>Latest checkpoint</h2><p id='checkpoint'><code>{html.escape(str(latest))}</code></p>")
+    except CycleGANError:
+        parts.append("<h2>Latest checkpoint</h2><p id='checkpoint'>none yet</p>")
+    evaluation = run_dir / "evaluation.json"
+    if evaluation.is_file():
+        numbers = json.loads(evaluation.read_text())
+        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in numbers.items())
+        parts.append(f"<h2>Evaluation</h2><table id='evaluation'>{rows}</table>")
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in sorted(config.items()))
+    parts.append(f"<h2>Config</h2><table id='config'>{rows}</table></body></html>\n")
+    target = Path(output) if output else run_dir / "report.html"
+    with atomic_write(target, "w") as f:
+        f.write("\n".join(parts))
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cyclegan.train import setup_logging
+
+    setup_logging()
+    p = argparse.ArgumentParser(prog="cyclegan report", description=(
+        "Write report.html for a run folder: loss curves, sample grids, latest checkpoint, evaluation, config."))
+    p.add_argument("run", help="the run folder (the --output of cyclegan train)")
+    p.add_argument("--output", help="where to write the page (default: RUN/report.html)")
+    args = p.parse_args(argv)
+    try:
+        path = write_report(args.run, args.output)
+    except CycleGANError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    log.info("wrote %s", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""``cyclegan serve``: try a trained model in the browser (Gradio; ``pip install ".[demo]"``).
+
+    cyclegan serve --checkpoint runs/h2z [--host 127.0.0.1 --port 7860]
+
+Upload or drop an image, choose the direction, and the translation appears next to it at the
+image's own size, with a button to download it as PNG. The generators are loaded once, at the
+start. The server listens on the loopback interface unless ``--host`` says otherwise. Uploads
+above ``--max_upload_mb`` megabytes or ``--max_pixels`` pixels get a message saying the limit,
+not an error page, and are never decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from cyclegan.errors import CycleGANError
+
+__all__ = ["main", "build_app", "Translator"]
+
+log = logging.getLogger("cyclegan.serve")
+
+
+class Translator:
+    """The generators of a checkpoint, loaded once; ``__call__`` translates one image file."""
+
+    def __init__(self, checkpoint: str, device: torch.device, max_pixels: int, tile: int | None = None) -> None:
+        from cyclegan.inference import load_generator
+
+        self.device, self.max_pixels, self.tile = device, max_pixels, tile
+        first = load_generator(checkpoint, "AtoB", device)
+        self.generators = {"AtoB": first}
+        if first.config:  # a run's checkpoint holds both directions
+            self.generators["BtoA"] = load_generator(checkpoint, "BtoA", device)
+        self.source = first.source.removesuffix(" (G_AB)")
+        self.out_dir = Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
+
+    def check(self, path: str) -> tuple[int, int]:
+        """The image's size, read from its header; a ValueError with a message past a limit."""
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
+            raise ValueError(f"This file is not an image Pillow can read ({type(exc).__name__}).") from exc
+        pixels = size[0] * size[1]
+        if pixels > self.max_pixels:
+            raise ValueError(f"The image is too large: {size[0]}x{size[1]} = {pixels:,} pixels; this server accepts at "
+                             f"most {self.max_pixels:,} pixels (--max_pixels). Scale it down and try again.")
+        return size
+
+    def __call__(self, path: str, direction: str) -> tuple[Image.Image, str]:
+        from cyclegan.inference import translate_image
+        from cyclegan.translate import read_image, to_image
+
+        self.check(path)
+        gen = self.generators[direction]
+        tensor, alpha, _ = read_image(Path(path), gen.in_channels)
+        result = to_image(translate_image(gen, tensor.to(self.device), self.tile)[0])
+        if alpha is not None:
+            result = result.convert("RGBA" if result.mode == "RGB" else "LA")
+            result.putalpha(alpha)
+        target = self.out_dir / f"{Path(path).stem}_{direction}.png"
+        result.save(target)
+        return result, str(target)
+
+
+def build_app(translator: Translator, max_upload_mb: float):
+    import gradio as gr
+
+    directions = list(translator.generators)
+
+    def run(path: str | None, direction: str):
+        if not path:
+            raise gr.Error("Upload or drop an image first.")
+        try:
+            return translator(path, direction)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    with gr.Blocks(title="CycleGAN") as app:
+        gr.Markdown(f"# CycleGAN\nModel: `{translator.source}`. Images up to {max_upload_mb:g} MB and "
+                    f"{translator.max_pixels:,} pixels are translated at their own size.")
+        with gr.Row():
+            source = gr.Image(type="filepath", label="input", elem_id="input-image")
+            result = gr.Image(type="pil", label="translation", format="png", elem_id="output-image",
+                              interactive=False)
+        with gr.Row():
+            direction = gr.Radio(directions, value=directions[0], label="direction", elem_id="direction")
+            button = gr.Button("Translate", variant="primary", elem_id="translate")
+        download = gr.File(label="download (PNG)", elem_id="download")
+        button.click(run, inputs=[source, direction], outputs=[result, download])
+    return app
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cyclegan serve", description=(
+        "A web page to try a trained model: upload an image, choose the direction, see and download the "
+        "translation (Gradio)."))
+    p.add_argument("--checkpoint", required=True, help="a run folder, a checkpoint, or one generator's weights")
+    p.add_argument("--host", default="127.0.0.1", help=(
+        "interface to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)"))
+    p.add_argument("--port", type=int, default=7860, help="(default: 7860)")
+    p.add_argument("--max_upload_mb", type=float, default=20, help="largest upload in megabytes (default: 20)")
+    p.add_argument("--max_pixels", type=int, default=16_000_000, help="largest image in pixels (default: 16000000)")
+    p.add_argument("--tile", type=int, default=None, help="translate in tiles of this size (see cyclegan translate)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cyclegan.train import setup_logging
+    from cyclegan.translate import resolve_device
+
+    setup_logging()
+    args = get_args_parser().parse_args(argv)
+    try:
+        try:
+            import gradio  # noqa: F401
+        except ImportError as exc:
+            raise CycleGANError('cyclegan serve needs Gradio: pip install "cyclegan[demo]"') from exc
+        if args.max_upload_mb <= 0 or args.max_pixels <= 0:
+            raise CycleGANError("--max_upload_mb and --max_pixels must be positive")
+        translator = Translator(args.checkpoint, resolve_device(args.device), args.max_pixels, args.tile)
+    except CycleGANError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    app = build_app(translator, args.max_upload_mb)
+    log.info("serving %s on http://%s:%d", translator.source, args.host, args.port)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb",
+               show_error=True, share=False, inbrowser=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
