@@ -18,7 +18,8 @@ falls on both alike; the rate is the median over the timed steps, after warm-up 
 
 FLOPs are counted with ``torch.utils.flop_counter`` (convolutions and matrix multiplies, forward
 and backward). ``peak`` is the best median rate of square float32 matrix multiplies (the
-``bf16`` rows are held against the bf16 peak). Peak memory: on CUDA the allocator's high-water
+``bf16`` rows are held against the bf16 peak; sizes 1024 and 2048 on the CPU, 4096 and 8192 on a
+GPU, measured before and after the cases, the highest kept). Peak memory: on CUDA the allocator's high-water
 mark over a step; on the CPU the growth of resident memory over the first step (Linux's VmHWM,
 reset before the step), each variant in fresh subprocesses, median of three (the CPU allocator
 has no counters).
@@ -204,10 +205,11 @@ def main() -> None:
     bf16_here = cuda and torch.cuda.is_bf16_supported() or (not cuda and torch.backends.mkldnn.is_available()
                                                           and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     kinds = ["reference", "ours"] + ([] if args.quick or not bf16_here else ["ours_bf16"])
+    peak_sizes = (4096, 8192) if cuda else (1024, 2048)
     # The peak is measured before and after the cases, and the higher taken: a moment of noise
     # on the machine must not pass for its peak.
-    peak32 = matmul_peak_gflops(device, torch.float32, seconds=1.0)
-    peak16 = matmul_peak_gflops(device, torch.bfloat16, seconds=1.0) if "ours_bf16" in kinds else None
+    peak32 = matmul_peak_gflops(device, torch.float32, sizes=peak_sizes, seconds=1.0)
+    peak16 = matmul_peak_gflops(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0) if "ours_bf16" in kinds else None
     cases = [(64, 1)] if args.quick else [(64, 1), (64, 4), (128, 1), (128, 4), (256, 1), (256, 4)]
     rows = []
     for size, batch in cases:
@@ -221,9 +223,9 @@ def main() -> None:
             rows.append({"size": size, "batch": batch, "variant": k, "img_s": r["img_s"], "ratio": r["img_s"] / ref,
                          "gflop_step": r["flops"] / 1e9, "gflops": gflops, "memory_mib": mem})
             print(json.dumps(rows[-1]), flush=True)
-    peak32 = max(peak32, matmul_peak_gflops(device, torch.float32, seconds=1.0))
+    peak32 = max(peak32, matmul_peak_gflops(device, torch.float32, sizes=peak_sizes, seconds=1.0))
     if peak16:
-        peak16 = max(peak16, matmul_peak_gflops(device, torch.bfloat16, seconds=1.0))
+        peak16 = max(peak16, matmul_peak_gflops(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0))
     for row in rows:
         row["peak_fraction"] = row["gflops"] / (peak16 if row["variant"] == "ours_bf16" else peak32)
     if args.quick:

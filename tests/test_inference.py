@@ -134,7 +134,7 @@ def test_translate_keeps_sizes_names_formats_and_alpha_and_reports_bad_inputs(tm
     inputs = tmp_path / "inputs"
     big = smooth_image(inputs / "holiday.jpg", (501, 333), seed=1)
     rgba = smooth_image(inputs / "logo.png", (40, 30), seed=2, mode="RGBA")
-    grey = smooth_image(tmp_path / "more" / "scan.webp", (36, 44), seed=3, mode="L")
+    smooth_image(tmp_path / "more" / "scan.webp", (36, 44), seed=3, mode="L")
     (inputs / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
     result = run_cli("translate", "--checkpoint", str(tiny_run), "--input", str(inputs), str(tmp_path / "more" / "*.webp"),

@@ -17,7 +17,6 @@ order a function of the seed and the position (exact resume, any number of worke
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 from collections.abc import Callable, Sequence

@@ -202,7 +202,7 @@ def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], lis
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from cyclegan.inference import load_generator, translate_image
-    from cyclegan.translate import resolve_device
+    from cyclegan.train import resolve_device
 
     device = resolve_device(args.device)
     features = InceptionFeatures(find_inception(args.inception), device)  # before any long work
@@ -259,22 +259,20 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(f"{label:<{width}}  {value}" for label, value in present)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.train import setup_logging
-
-    setup_logging()
-    args = get_args_parser().parse_args(argv)
-    try:
-        results = run(args)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+def report(args: argparse.Namespace) -> int:
+    results = run(args)
     print(format_table(results))
     if args.json:
         with atomic_write(Path(args.json), "w") as f:
             json.dump({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in results.items()},
                       f, indent=2)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from cyclegan.cli import run_command
+
+    return run_command(get_args_parser(), report, argv, log)
 
 
 if __name__ == "__main__":

@@ -166,15 +166,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.train import setup_logging
+    from cyclegan.cli import run_command
 
-    setup_logging()
-    args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+    return run_command(get_args_parser(), run, argv, log)
 
 
 if __name__ == "__main__":

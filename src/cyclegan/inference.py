@@ -36,7 +36,7 @@ from cyclegan.checkpoint import (
     load_state_dict_file,
 )
 from cyclegan.errors import CycleGANError
-from cyclegan.models import GeneratorResNet, ResnetGenerator, UnetGenerator, define_G
+from cyclegan.models import GeneratorResNet, ResnetGenerator, define_G
 
 __all__ = ["Generator", "load_generator", "generator_from_state_dict", "translate_image", "newest_checkpoint"]
 

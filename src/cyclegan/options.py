@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import DISCRIMINATORS, GENERATORS, INIT_TYPES, NORMS
+from cyclegan.models import DISCRIMINATORS, INIT_TYPES, NORMS
 
 __all__ = ["TrainConfig", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
            "GAN_MODES"]

@@ -78,16 +78,16 @@ def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Opti
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
-                       sizes: tuple[int, ...] | None = None, seconds: float = 0.2) -> float:
+                       sizes: tuple[int, ...] | None = None, seconds: float = 0.1) -> float:
     """The machine's matrix-multiply rate on ``device`` in ``dtype``, in GFLOP/s: the best over
-    square sizes (1024 and 2048 on the CPU, 4096 and 8192 on a GPU) of the median rate, each size
-    timed for about ``seconds``. (float16 on a CPU, which emulates it at about 1 GFLOP/s, is
-    timed at 256 only.)"""
+    square ``sizes`` (by default 1024 on the CPU, 4096 and 8192 on a GPU) of the median rate,
+    each size timed for about ``seconds``. (float16 on a CPU, which emulates it at about
+    1 GFLOP/s, is timed at 256.) The benchmarks pass more sizes and time."""
     if sizes is None:
         if device.type == "cuda":
             sizes = (4096, 8192)
         else:
-            sizes = (256,) if dtype is torch.float16 else (1024, 2048)
+            sizes = (256,) if dtype is torch.float16 else (1024,)
 
     def sync() -> None:
         if device.type == "cuda":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -116,10 +117,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from cyclegan.train import setup_logging
-    from cyclegan.translate import resolve_device
+    from cyclegan.train import resolve_device
 
     setup_logging()
     args = get_args_parser().parse_args(argv)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nobody
     try:
         try:
             import gradio  # noqa: F401

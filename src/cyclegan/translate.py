@@ -33,6 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cyclegan.datasets import IMG_EXTENSIONS, list_images
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Generator, load_generator, translate_image
+from cyclegan.train import resolve_device
 from cyclegan.utils import atomic_write
 
 __all__ = ["main", "get_args_parser", "collect_inputs"]
@@ -193,14 +194,6 @@ def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
         f.write(page)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise CycleGANError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CycleGANError(f"--batch_size {args.batch_size}: must be at least 1")
@@ -274,15 +267,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.train import setup_logging
+    from cyclegan.cli import run_command
 
-    setup_logging()
-    args = get_args_parser().parse_args(argv)
-    try:
-        return run(args)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+    return run_command(get_args_parser(), run, argv, log)
 
 
 if __name__ == "__main__":
