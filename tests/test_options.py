@@ -299,7 +299,8 @@ def test_contradicting_aliases_are_refused(argv, named):
      ({"netD": "n_layers", "n_layers_D": 5, "img_height": 64, "img_width": 64}, "--n_layers_D"),
      ({"preprocess": "resize_and_crop", "load_size": 200}, "--load_size 200"),
      ({"load_size": 512}, "--preprocess reference"),
-     ({"lr_policy": "linear", "n_epochs": 5}, "--decay_epoch")],
+     ({"lr_policy": "linear", "n_epochs": 5}, "--decay_epoch"),
+     ({"log_interval": 0}, "--log_interval 0")],
 )
 def test_incompatible_combinations_are_refused(overrides, named):
     with pytest.raises(CycleGANError, match=named.replace("-", r"\-")):

@@ -435,8 +435,8 @@ def validate(config: TrainConfig) -> None:
             )
     if config.load_size is not None and config.load_size < 1:
         raise CycleGANError(f"--load_size {config.load_size}: use a positive size")
-    positive = {"batch_size": 1, "n_epochs": 1, "sample_interval": 1, "ngf": 1, "ndf": 1, "n_layers_D": 1,
-                "lr_decay_iters": 1}
+    positive = {"batch_size": 1, "n_epochs": 1, "sample_interval": 1, "log_interval": 1, "ngf": 1, "ndf": 1,
+                "n_layers_D": 1, "lr_decay_iters": 1}
     for flag, low in positive.items():
         if getattr(config, flag) < low:
             raise CycleGANError(f"--{flag} {getattr(config, flag)}: use {low} or more")
