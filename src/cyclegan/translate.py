@@ -79,7 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def collect_inputs(specs: Sequence[str]) -> list[tuple[Path, Path]]:
     """``(image file, output name relative to the output folder)`` for every input, in order.
-    Folder inputs keep the folder's name as a subfolder when several inputs are given."""
+    Every output goes directly into the output folder under its file's name; ``run`` refuses
+    two inputs that would get the same name."""
     found: list[tuple[Path, Path]] = []
     for spec in specs:
         path = Path(spec)
