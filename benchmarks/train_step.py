@@ -19,10 +19,13 @@ falls on both alike; the rate is the median over the timed steps, after warm-up 
 FLOPs are counted with ``torch.utils.flop_counter`` (convolutions and matrix multiplies, forward
 and backward). ``peak`` is the best median rate of square float32 matrix multiplies (the
 ``bf16`` rows are held against the bf16 peak; sizes 1024 and 2048 on the CPU, 4096 and 8192 on a
-GPU, measured before and after the cases, the highest kept). Peak memory: on CUDA the allocator's high-water
-mark over a step; on the CPU the growth of resident memory over the first step (Linux's VmHWM,
-reset before the step), each variant in fresh subprocesses, median of three (the CPU allocator
-has no counters).
+GPU, measured before and after the cases, the highest kept).
+
+Peak memory is what a step allocates beyond what was live before it (weights, optimizer state,
+inputs, replay buffers): on CUDA the caching allocator's high-water mark; on the CPU, which keeps
+no such counter, the same quantity from ``torch.profiler``'s record of every tensor allocation
+and free of a step, after a profiled step that makes every block freed in the measured one
+known. It counts tensor memory, deterministically, not the C allocator's caching around it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,7 +49,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference_step import reference_optimizers, reference_step  # noqa: E402
 
 from cyclegan import datasets  # noqa: E402
-from cyclegan.perf import matmul_peak_gflops, resolve_speed  # noqa: E402
+from cyclegan.perf import matmul_peak_gflops, prepare_networks, resolve_speed  # noqa: E402
 from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step  # noqa: E402
 from cyclegan.utils import ReplayBuffer  # noqa: E402
 
@@ -77,15 +79,11 @@ def make_variant(kind: str, base: dict, config: TrainConfig, device: torch.devic
     else:  # the GPU options: bf16 autocast, and on CUDA channels_last and compile
         cuda = device.type == "cuda"
         speed = resolve_speed("bf16", "on" if cuda else "off", cuda, device)
+    prepare_networks(nets, speed, device)  # as cyclegan train does
     if speed.channels_last:
-        for net in nets.values():
-            net.to(memory_format=torch.channels_last)
         real_A = real_A.contiguous(memory_format=torch.channels_last)
         real_B = real_B.contiguous(memory_format=torch.channels_last)
     opts = build_optimizers(nets, config)
-    if speed.compile:
-        for net in nets.values():
-            net.compile()
     pools = {k: ReplayBuffer() for k in "AB"}
     return lambda: train_step(nets, opts, pools, real_A, real_B, config.lambda_cyc, config.lambda_id,
                               amp_dtype=speed.amp_dtype)
@@ -99,55 +97,50 @@ def count_flops(step) -> int:
     return int(counter.get_total_flops())
 
 
-def peak_memory(kind: str, size: int, batch: int, device: torch.device) -> float:
-    """MiB a step needs beyond the networks and inputs (see the module docstring)."""
-    if device.type == "cuda":
-        config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
-        torch.manual_seed(0)
-        step = make_variant(kind, build_networks(config), config, device)
-        step()
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        sync(device)
-        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    probes = []
-    for _ in range(3):  # the median of three fresh processes: the C allocator's caching is noisy
-        out = subprocess.run([sys.executable, __file__, "--memory_probe", kind, str(size), str(batch)],
-                             capture_output=True, text=True, check=True)
-        probes.append(float(out.stdout.strip().splitlines()[-1]))
-    return statistics.median(probes)
+def cpu_step_memory(step) -> float:
+    """MiB a step allocates beyond what was live before it (see the module docstring)."""
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    def allocations() -> list[tuple[int, int]]:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        found, todo = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while todo:
+            event = todo.pop()
+            todo.extend(event.children)
+            if event.typed[0] == _EventType.Allocation and event.typed[1].device.type == "cpu":
+                found.append((event.start_time_ns, event.typed[1].alloc_size))  # negative: a free
+        return sorted(found)
+
+    allocations()  # every block the measured step frees is then one the profiler saw allocated
+    live = peak = 0
+    for _, size in allocations():
+        live += size
+        peak = max(peak, live)
+    return peak / 2**20
 
 
-def memory_probe(kind: str, size: int, batch: int) -> None:
-    """Print the growth of resident memory over one step, from Linux's high-water mark (VmHWM),
-    reset just before the step by writing 5 to /proc/self/clear_refs."""
-    import gc
-
-    config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
-    torch.manual_seed(0)
-    step = make_variant(kind, build_networks(config), config, torch.device("cpu"))
-
-    def status(field: str) -> int:
-        with open("/proc/self/status") as f:
-            line = next(line for line in f if line.startswith(field + ":"))
-        return int(line.split()[1]) * 1024
-
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status("VmRSS")
+def step_memory(step, device: torch.device) -> float:
+    if device.type != "cuda":
+        return cpu_step_memory(step)
     step()
-    print((status("VmHWM") - before) / 2**20)
+    sync(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
-def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps: int, warmup: int) -> dict:
+def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps: int, warmup: int,
+            memory: bool) -> dict:
     config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
     torch.manual_seed(0)
     base = build_networks(config)
     fns = {k: make_variant(k, base, config, device) for k in kinds}
     flops = {k: count_flops(fns[k]) for k in kinds}  # also the first (warm-up) step
+    mib = {k: step_memory(fns[k], device) if memory else None for k in kinds}
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(warmup + steps):
         for k in kinds:
@@ -157,7 +150,8 @@ def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps
             sync(device)
             if i >= warmup:
                 times[k].append(time.perf_counter() - t)
-    return {k: {"img_s": batch / statistics.median(times[k]), "flops": flops[k]} for k in kinds}
+    return {k: {"img_s": batch / statistics.median(times[k]), "flops": flops[k], "memory_mib": mib[k]}
+            for k in kinds}
 
 
 def loader_rate(size: int, workers: int, n_images: int = 48, batches: int = 12) -> float:
@@ -194,11 +188,7 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: by size)")
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
-    p.add_argument("--memory_probe", nargs=3, metavar=("KIND", "SIZE", "BATCH"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.memory_probe:
-        memory_probe(args.memory_probe[0], int(args.memory_probe[1]), int(args.memory_probe[2]))
-        return
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     cuda = device.type == "cuda"
@@ -213,15 +203,15 @@ def main() -> None:
     cases = [(64, 1)] if args.quick else [(64, 1), (64, 4), (128, 1), (128, 4), (256, 1), (256, 4)]
     rows = []
     for size, batch in cases:
-        steps = args.steps or (15 if cuda else max(3, int(12 * (64 / size) ** 2 / batch) + 2))
-        result = measure(size, batch, kinds, device, steps, warmup=3 if cuda else 0)
+        steps = args.steps or (15 if cuda else max(5 if batch * size**2 <= 256**2 else 3,
+                                                   int(12 * (64 / size) ** 2 / batch) + 2))
+        result = measure(size, batch, kinds, device, steps, warmup=3 if cuda else 0, memory=not args.quick)
         ref = result["reference"]["img_s"]
         for k in kinds:
             r = result[k]
             gflops = r["flops"] * r["img_s"] / batch / 1e9
-            mem = None if args.quick else peak_memory(k, size, batch, device)
             rows.append({"size": size, "batch": batch, "variant": k, "img_s": r["img_s"], "ratio": r["img_s"] / ref,
-                         "gflop_step": r["flops"] / 1e9, "gflops": gflops, "memory_mib": mem})
+                         "gflop_step": r["flops"] / 1e9, "gflops": gflops, "memory_mib": r["memory_mib"]})
             print(json.dumps(rows[-1]), flush=True)
     peak32 = max(peak32, matmul_peak_gflops(device, torch.float32, sizes=peak_sizes, seconds=1.0))
     if peak16:
@@ -262,9 +252,9 @@ def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | No
         "in float32; *ours* is `train_step` with the defaults `cyclegan train` takes on this device. Both "
         "start from the same weights, 9 residual blocks, and are timed alternately in one process; img/s "
         "is the median over the timed steps. Ratio = img/s over the reference's at the same size and batch. "
-        "Memory: what one step needs beyond the weights and inputs ("
-        + ("CUDA allocator high-water mark" if device.type == "cuda" else
-           "growth of resident memory over the first step, VmHWM, each variant in a fresh process") + ").",
+        "Memory: the peak of what one step allocates beyond what was live before it ("
+        + ("the CUDA allocator's high-water mark" if device.type == "cuda" else
+           "tensor memory, from torch.profiler's record of the step's allocations and frees") + ").",
         "",
         "| size | batch | step | img/s | ratio | GFLOP/step | GFLOP/s | of peak | memory (MiB) |",
         "|---:|---:|---|---:|---:|---:|---:|---:|---:|",

@@ -14,7 +14,7 @@ from torch import nn
 
 from cyclegan.checkpoint import NETWORK_NAMES
 from cyclegan.perf import step_flops
-from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step
+from cyclegan.train import TrainConfig, batches_generator_calls, build_networks, build_optimizers, train_step
 from cyclegan.utils import ReplayBuffer
 
 LR = 0.0002
@@ -94,16 +94,18 @@ def test_one_fast_step_leaves_the_reference_steps_parameters_in_fp32():
         assert relative(ours[name](x), ref[name](x)) <= 1e-5, name
 
 
-@pytest.mark.parametrize("norm, lambda_id", [("instance", 5.0), ("instance", 0.0), ("batch", 5.0)])
-def test_the_fast_step_is_the_reference_arithmetic_in_float64(norm, lambda_id):
+@pytest.mark.parametrize("norm, lambda_id, batched", [("instance", 5.0, None), ("instance", 0.0, None),
+                                                      ("instance", 5.0, False), ("batch", 5.0, None)])
+def test_the_fast_step_is_the_reference_arithmetic_in_float64(norm, lambda_id, batched):
     """Without float32 rounding every parameter and loss agrees over several steps: three batched
-    generator calls (two without the identity loss), or the reference's six with batch norm."""
+    generator calls (two without the identity loss), or the reference's six with batch norm or
+    unbatched (as large images on the CPU are)."""
     config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=16, ndf=16, norm=norm)
     ours, opts, pools, ref, ref_opts, ref_pools = setup(config, torch.float64)
     gen = torch.Generator().manual_seed(2)
     for step in range(3):
         real_A, real_B = batch(config, gen, torch.float64)
-        got = train_step(ours, opts, pools, real_A, real_B, 10.0, lambda_id)
+        got = train_step(ours, opts, pools, real_A, real_B, 10.0, lambda_id, batch_generators=batched)
         want = reference_step(ref, ref_opts, ref_pools, real_A, real_B, 10.0, lambda_id)
         for k in ("D", "G", "adv", "cycle"):
             assert got[k].item() == pytest.approx(want[k].item(), rel=1e-11), (step, k)
@@ -116,6 +118,42 @@ def test_the_fast_step_is_the_reference_arithmetic_in_float64(norm, lambda_id):
                 assert relative(a, b) <= 1e-9, (name, key)
             else:
                 assert torch.equal(a, b), (name, key)  # batch norm's step counters
+
+
+def generator_calls(nets, run) -> list[tuple[str, int]]:
+    """(network, images) of every generator call that ``run()`` makes, in order."""
+    calls: list[tuple[str, int]] = []
+    handles = [nets[name].register_forward_hook(lambda m, args, out, name=name: calls.append((name, args[0].size(0))))
+               for name in ("G_AB", "G_BA")]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def test_generator_calls_are_batched_for_small_images_and_not_for_large_ones_on_the_cpu():
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1)
+    ours, opts, pools, *_ = setup(config)
+    real_A, real_B = batch(config, torch.Generator().manual_seed(2))  # 2 images a domain
+
+    def step(lambda_id=5.0, **kw):
+        return generator_calls(ours, lambda: train_step(ours, opts, pools, real_A, real_B, 10.0, lambda_id, **kw))
+
+    assert step() == [("G_AB", 4), ("G_BA", 6), ("G_AB", 2)]
+    assert step(lambda_id=0.0) == [("G_AB", 2), ("G_BA", 4), ("G_AB", 2)]
+    assert step(batch_generators=False) == [("G_BA", 2), ("G_AB", 2), ("G_AB", 2), ("G_BA", 2), ("G_BA", 2),
+                                            ("G_AB", 2)]  # the reference's six calls, in its order
+    # The rule: on the CPU, a batched call's largest activation (ngf 64 at full resolution,
+    # padded by 3 on each side, three image sets) within 32 MiB.
+    G = ours["G_BA"]
+    assert batches_generator_calls(G, torch.zeros(1, 3, 128, 128))  # 3 * 64 * 134^2 * 4 B = 13.1 MiB
+    assert batches_generator_calls(G, torch.zeros(4, 3, 64, 64))  # 14.4 MiB
+    assert not batches_generator_calls(G, torch.zeros(4, 3, 128, 128))  # 52.6 MiB
+    assert not batches_generator_calls(G, torch.zeros(1, 3, 256, 256))  # 50.3 MiB
+    assert batches_generator_calls(G, torch.zeros(1, 3, 256, 256), torch.bfloat16)  # 25.1 MiB
+    assert batches_generator_calls(G, torch.zeros(1, 3, 256, 256, device="meta"))  # not the CPU: always
 
 
 def test_channels_last_step_is_the_same_arithmetic():

@@ -3,6 +3,8 @@
 - ``resolve_speed``: what ``--amp``, ``--channels_last`` and ``--compile`` mean on the device
   found (``auto`` picks what is fastest and safe there), and the CUDA backend switches (TF32,
   cudnn.benchmark).
+- ``prepare_networks``: moves the networks to the device in the layout the settings ask for,
+  and compiles them if asked.
 - ``matmul_peak_gflops``: the machine's measured matrix-multiply rate, the yardstick of
   ``peak_fraction`` (as nanoGPT's MFU, but against a measured peak, not a datasheet's).
 - ``step_flops``: the floating-point operations of one training step for a config, counted with
@@ -20,7 +22,7 @@ import torch
 
 from cyclegan.errors import CycleGANError
 
-__all__ = ["Speed", "resolve_speed", "matmul_peak_gflops", "step_flops", "adam"]
+__all__ = ["Speed", "resolve_speed", "prepare_networks", "matmul_peak_gflops", "step_flops", "adam"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
@@ -65,6 +67,17 @@ def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.dev
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     return Speed(dtype, layout, compile)
+
+
+def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: torch.device) -> None:
+    """Move ``nets`` to ``device`` in the layout of ``speed``, in place; compile them if asked
+    (in place too: the modules, parameters and state-dict keys stay as they are). Build the
+    optimizers before or after: the parameters stay the same objects."""
+    for net in nets.values():
+        net.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
+    if speed.compile:
+        for net in nets.values():
+            net.compile()
 
 
 def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
