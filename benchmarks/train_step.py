@@ -248,6 +248,7 @@ def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | No
         "",
         f"Measured matrix-multiply peak: {peak32:.0f} GFLOP/s in float32"
         + (f", {peak16:.0f} GFLOP/s in bfloat16." if peak16 else "."),
+        "",
         "The reference is the literal transcription of the reference's step (`tests/reference_step.py`), "
         "in float32; *ours* is `train_step` with the defaults `cyclegan train` takes on this device. Both "
         "start from the same weights, 9 residual blocks, and are timed alternately in one process; img/s "
