@@ -1,16 +1,27 @@
-"""The benchmark's measure of a step's memory."""
+"""The benchmark's measure of a step's memory, and the layers swapped in for speed that must
+compute the same numbers bit for bit."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
+import copy
+import random
+
 import pytest
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from train_step import cpu_step_memory  # noqa: E402
+
+from cyclegan import models  # noqa: E402
+from cyclegan.checkpoint import NETWORK_NAMES  # noqa: E402
+from cyclegan.perf import NearestUpsample, exact_fast_layers  # noqa: E402
+from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step  # noqa: E402
+from cyclegan.utils import ReplayBuffer  # noqa: E402
 
 
 def test_step_memory_counts_what_a_step_allocates_beyond_what_was_live_before():
@@ -27,3 +38,73 @@ def test_step_memory_counts_what_a_step_allocates_beyond_what_was_live_before():
     # Without the profiled step before the measured one, the free of the block allocated before
     # profiling would be unknown to the profiler and the peak read as 28.
     assert cpu_step_memory(step) == pytest.approx(12.0, abs=0.01)
+
+
+@pytest.mark.parametrize("shape, factor", [((2, 5, 7, 9), 2), ((1, 3, 4, 6), 3), ((3, 8, 1, 1), 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_nearest_upsample_gives_nn_upsamples_output_and_gradient_bit_for_bit(shape, factor, channels_last):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    if channels_last:  # not the fast path: nn.Upsample's own, which keeps the layout
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape[0], shape[1], shape[2] * factor, shape[3] * factor, generator=gen)
+    outputs = []  # (output, input gradient) of nn.Upsample, then of NearestUpsample
+    for layer in (nn.Upsample(scale_factor=factor), NearestUpsample(scale_factor=factor)):
+        x_ = x.clone().requires_grad_(True)
+        y = layer(x_)
+        y.backward(grad)
+        outputs.append((y, x_.grad))
+    assert torch.equal(outputs[0][0], outputs[1][0])
+    assert torch.equal(outputs[0][1], outputs[1][1])
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        assert outputs[1][0].is_contiguous(memory_format=fmt) == outputs[0][0].is_contiguous(memory_format=fmt)
+
+
+def test_exact_fast_layers_keep_the_state_dict_and_the_official_unets_in_place_skips():
+    G = models.GeneratorResNet((3, 32, 32), 2)
+    D = models.Discriminator((3, 32, 32))
+    unet = models.define_G("unet_128", 3, 3, norm="instance")
+    before = {id(net): list(net.state_dict()) for net in (G, D, unet)}
+    relus = [m for m in unet.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    for net in (G, D, unet):
+        assert exact_fast_layers(net) is net
+        assert list(net.state_dict()) == before[id(net)]
+    assert sum(isinstance(m, NearestUpsample) for m in G.modules()) == 2
+    assert not any(type(m) is nn.Upsample for m in G.modules())
+    # after each instance norm: out of place (generator: c7s1, d, d, 2 x R, u, u; discriminator: 3)
+    assert sum(isinstance(m, nn.ReLU) and not m.inplace for m in G.modules()) == 7
+    assert sum(isinstance(m, nn.LeakyReLU) and not m.inplace for m in D.modules()) == 3
+    assert next(m for m in D.modules() if isinstance(m, nn.LeakyReLU)).inplace  # the first: after a convolution
+    # The U-Net's activations act in place on tensors its skip connections carry: left alone.
+    assert relus and all(m.inplace for m in relus)
+    x = torch.rand(1, 3, 128, 128)
+    assert torch.equal(unet(x), copy.deepcopy(unet)(x))
+
+
+@pytest.mark.parametrize("generator, discriminator", [("resnet", "reference"), ("resnet", "basic")])
+def test_training_steps_with_the_exact_fast_layers_are_bit_identical(generator, discriminator):
+    """Two steps of the float32 training step, from the same weights and data: every parameter of
+    all four networks, and every loss, equal to the last bit with and without the swap."""
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=2, batch_size=2, netG=generator,
+                         netD=discriminator, upsample="nearest")
+    torch.manual_seed(0)
+    plain = build_networks(config)
+    fast = copy.deepcopy(plain)
+    for net in fast.values():
+        exact_fast_layers(net)
+    assert any(isinstance(m, NearestUpsample) for m in fast["G_AB"].modules())
+    runs = []
+    for nets in (plain, fast):
+        opts = build_optimizers(nets, config)
+        buffers = {k: ReplayBuffer(2, rng=random.Random(7)) for k in "AB"}
+        gen = torch.Generator().manual_seed(2)
+        losses = []
+        for _ in range(2):
+            real_A, real_B = (torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1 for _ in range(2))
+            losses.append(train_step(nets, opts, buffers, real_A, real_B, 10.0, 5.0))
+        runs.append(losses)
+    for got, want in zip(runs[1], runs[0]):
+        assert {k: v.item() for k, v in got.items()} == {k: v.item() for k, v in want.items()}
+    for name in NETWORK_NAMES:
+        for (key, a), b in zip(fast[name].state_dict().items(), plain[name].state_dict().values()):
+            assert torch.equal(a, b), (name, key)

@@ -4,7 +4,7 @@
   found (``auto`` picks what is fastest and safe there), and the CUDA backend switches (TF32,
   cudnn.benchmark).
 - ``prepare_networks``: moves the networks to the device in the layout the settings ask for,
-  and compiles them if asked.
+  swaps in the bit-identical faster layers of ``exact_fast_layers``, and compiles them if asked.
 - ``matmul_peak_gflops``: the machine's measured matrix-multiply rate, the yardstick of
   ``peak_fraction`` (as nanoGPT's MFU, but against a measured peak, not a datasheet's).
 - ``step_flops``: the floating-point operations of one training step for a config, counted with
@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from cyclegan.errors import CycleGANError
 
-__all__ = ["Speed", "resolve_speed", "prepare_networks", "matmul_peak_gflops", "step_flops", "adam"]
+__all__ = ["Speed", "resolve_speed", "prepare_networks", "exact_fast_layers", "NearestUpsample",
+           "matmul_peak_gflops", "step_flops", "adam"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
@@ -69,11 +71,79 @@ def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.dev
     return Speed(dtype, layout, compile)
 
 
+class _NearestUpsample(torch.autograd.Function):
+    """Nearest-neighbour upsampling by an integer factor: forward as a broadcast copy, backward
+    by PyTorch's own kernel (so the gradient is summed exactly as ``nn.Upsample``'s is)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, factor: int) -> torch.Tensor:
+        n, c, h, w = x.shape
+        ctx.input_shape, ctx.factor = tuple(x.shape), factor
+        out = x.new_empty(n, c, h * factor, w * factor)
+        out.view(n, c, h, factor, w, factor).copy_(x[:, :, :, None, :, None].expand(n, c, h, factor, w, factor))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        n, c, h, w = ctx.input_shape
+        f = ctx.factor
+        return torch.ops.aten.upsample_nearest2d_backward(grad, [h * f, w * f], [n, c, h, w], float(f), float(f)), None
+
+
+class NearestUpsample(nn.Upsample):
+    """``nn.Upsample(scale_factor=k)`` (nearest, integer ``k``) with the same output and gradient,
+    bit for bit, computed faster on the CPU: PyTorch's CPU kernel makes two extra copies of
+    its input and output (4x slower than a broadcast copy at 3x128x32x32). Elsewhere, or for
+    inputs in another layout or under ``torch.compile``, it is ``nn.Upsample`` itself."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
+                and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
+            return _NearestUpsample.apply(x, int(self.scale_factor))
+        return super().forward(x)
+
+
+def _integer_nearest(m: nn.Module) -> bool:
+    if type(m) is not nn.Upsample or m.mode != "nearest" or m.size is not None or m.recompute_scale_factor:
+        return False
+    factor = m.scale_factor
+    return isinstance(factor, (int, float)) and float(factor).is_integer() and factor >= 1
+
+
+def exact_fast_layers(net: nn.Module) -> nn.Module:
+    """Swap layers of ``net`` for ones that compute the same numbers, bit for bit, with less
+    work; in place, and returns ``net``. There are no parameters in them: the state dict, its keys
+    and everything saved stay as they are.
+
+    - An in-place ReLU or LeakyReLU right after an ``InstanceNorm2d`` in a ``Sequential``
+      becomes out of place. The instance norm's output is a view, and an in-place operation on a
+      view makes autograd copy that gradient twice in backward (``CopySlices``); its input has no
+      other user, so the result is the same. (Elsewhere in-place can be meaningful: the official
+      U-Net's skip connections carry the activated tensor, so those are left alone.)
+    - ``nn.Upsample(scale_factor=k)``, nearest with an integer ``k``, becomes ``NearestUpsample``.
+
+    On this project's 2-core CPU the two make the 64x64 training step about 3% faster."""
+    for parent in net.modules():
+        if isinstance(parent, nn.Sequential):
+            previous = None
+            for child in parent:
+                if (isinstance(child, (nn.ReLU, nn.LeakyReLU)) and child.inplace
+                        and isinstance(previous, nn.InstanceNorm2d)):
+                    child.inplace = False
+                previous = child
+        for name, child in parent.named_children():
+            if _integer_nearest(child):
+                setattr(parent, name, NearestUpsample(scale_factor=int(child.scale_factor)))
+    return net
+
+
 def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: torch.device) -> None:
-    """Move ``nets`` to ``device`` in the layout of ``speed``, in place; compile them if asked
-    (in place too: the modules, parameters and state-dict keys stay as they are). Build the
-    optimizers before or after: the parameters stay the same objects."""
+    """Move ``nets`` to ``device`` in the layout of ``speed``, in place, with the layers of
+    ``exact_fast_layers``; compile them if asked (in place too: the modules, parameters and
+    state-dict keys stay as they are). Build the optimizers before or after: the parameters stay
+    the same objects."""
     for net in nets.values():
+        exact_fast_layers(net)
         net.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.compile:
         for net in nets.values():
