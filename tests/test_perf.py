@@ -3,11 +3,10 @@ compute the same numbers bit for bit."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import copy
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -65,6 +64,7 @@ def test_exact_fast_layers_keep_the_state_dict_and_the_official_unets_in_place_s
     D = models.Discriminator((3, 32, 32))
     unet = models.define_G("unet_128", 3, 3, norm="instance")
     before = {id(net): list(net.state_dict()) for net in (G, D, unet)}
+    unet_before = copy.deepcopy(unet)
     relus = [m for m in unet.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
     for net in (G, D, unet):
         assert exact_fast_layers(net) is net
@@ -78,15 +78,14 @@ def test_exact_fast_layers_keep_the_state_dict_and_the_official_unets_in_place_s
     # The U-Net's activations act in place on tensors its skip connections carry: left alone.
     assert relus and all(m.inplace for m in relus)
     x = torch.rand(1, 3, 128, 128)
-    assert torch.equal(unet(x), copy.deepcopy(unet)(x))
+    assert torch.equal(unet(x), unet_before(x))
 
 
-@pytest.mark.parametrize("generator, discriminator", [("resnet", "reference"), ("resnet", "basic")])
-def test_training_steps_with_the_exact_fast_layers_are_bit_identical(generator, discriminator):
+@pytest.mark.parametrize("discriminator", ["reference", "basic"])
+def test_training_steps_with_the_exact_fast_layers_are_bit_identical(discriminator):
     """Two steps of the float32 training step, from the same weights and data: every parameter of
     all four networks, and every loss, equal to the last bit with and without the swap."""
-    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=2, batch_size=2, netG=generator,
-                         netD=discriminator, upsample="nearest")
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=2, batch_size=2, netD=discriminator)
     torch.manual_seed(0)
     plain = build_networks(config)
     fast = copy.deepcopy(plain)
