@@ -1,5 +1,6 @@
-"""The benchmark's measure of a step's memory, and the layers swapped in for speed that must
-compute the same numbers bit for bit."""
+"""The benchmark's measure of a step's memory, the layers swapped in for speed that must compute
+the same numbers bit for bit, and the sub-pixel upsampling convolution, the same function with
+fewer multiplications."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from train_step import cpu_step_memory  # noqa: E402
 
 from cyclegan import models  # noqa: E402
 from cyclegan.checkpoint import NETWORK_NAMES  # noqa: E402
-from cyclegan.perf import NearestUpsample, exact_fast_layers  # noqa: E402
+from cyclegan.perf import NearestUpsample, UpsampleConv2d, exact_fast_layers, subpixel_upsample_convs  # noqa: E402
 from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step  # noqa: E402
 from cyclegan.utils import ReplayBuffer  # noqa: E402
 
@@ -107,3 +108,71 @@ def test_training_steps_with_the_exact_fast_layers_are_bit_identical(discriminat
     for name in NETWORK_NAMES:
         for (key, a), b in zip(fast[name].state_dict().items(), plain[name].state_dict().values()):
             assert torch.equal(a, b), (name, key)
+
+
+def upsample_then_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    return nn.functional.conv2d(nn.Upsample(scale_factor=2)(x), conv.weight, conv.bias, padding=1)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-13), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape, out_channels, bias", [((2, 5, 7, 9), 4, True), ((1, 3, 1, 1), 2, True),
+                                                       ((3, 16, 6, 4), 8, False)])
+def test_upsample_conv_is_upsampling_then_convolving_in_value_and_every_gradient(dtype, tolerance, shape,
+                                                                                 out_channels, bias):
+    """The four-phase 2x2 convolutions against ``nn.Upsample`` then the 3x3 convolution: equal to
+    float64 rounding (the same function, not an approximation of it), and to float32 rounding."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(shape[1], out_channels, 3, padding=1, bias=bias).to(dtype)
+    with torch.no_grad():
+        conv.weight.normal_(generator=gen)
+        if bias:
+            conv.bias.normal_(generator=gen)
+    fast = copy.deepcopy(conv)
+    fast.__class__ = UpsampleConv2d
+    x = torch.randn(shape, generator=gen, dtype=dtype)
+    grad = torch.randn(shape[0], out_channels, 2 * shape[2], 2 * shape[3], generator=gen, dtype=dtype)
+    grad = grad.contiguous(memory_format=torch.channels_last)  # a gradient in another layout is taken too
+    results = []
+    for layer, run in ((conv, lambda x_: upsample_then_conv(conv, x_)), (fast, fast)):
+        x_ = x.clone().requires_grad_(True)
+        y = run(x_)
+        y.backward(grad)
+        results.append([y, x_.grad] + [p.grad for p in layer.parameters()])
+    assert results[1][0].shape == results[0][0].shape and results[1][0].is_contiguous()
+    for got, want in zip(results[1], results[0]):
+        assert ((got - want).norm() / want.norm()).item() <= tolerance
+
+
+def test_upsample_conv_outside_its_fast_path_is_upsample_and_conv_bit_for_bit():
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(4, 3, 3, padding=1)
+    fast = copy.deepcopy(conv)
+    fast.__class__ = UpsampleConv2d
+    x = torch.randn(2, 4, 5, 6, generator=gen).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(fast(x), upsample_then_conv(conv, x))
+
+
+def test_subpixel_swap_takes_only_nearest_2x_upsampling_before_a_plain_3x3_convolution():
+    torch.manual_seed(0)
+    G = models.GeneratorResNet((3, 32, 32), 2)
+    keys, params = list(G.state_dict()), list(G.parameters())
+    x = torch.rand(2, 3, 32, 32)
+    before = G(x)
+    assert subpixel_upsample_convs(G) is G
+    assert list(G.state_dict()) == keys
+    assert all(a is b for a, b in zip(G.parameters(), params))  # optimizers built before still hold them
+    assert sum(type(m) is UpsampleConv2d for m in G.modules()) == 2
+    assert not any(isinstance(m, nn.Upsample) for m in G.modules())
+    assert ((G(x) - before).norm() / before.norm()).item() < 1e-5  # the same function, to float32 rounding
+    # Left alone: the official generator's transposed convolutions, and pairs that are not the pattern.
+    official = models.define_G("resnet", 3, 3, n_blocks=2, upsample="transpose")
+    others = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=0),
+                           nn.Upsample(scale_factor=3), nn.Conv2d(3, 3, 3, padding=1),
+                           nn.Upsample(scale_factor=2, mode="bilinear"), nn.Conv2d(3, 3, 3, padding=1),
+                           nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, stride=2, padding=1),
+                           nn.Upsample(scale_factor=2), nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect"))
+    for net in (official, others):
+        subpixel_upsample_convs(net)
+        assert not any(isinstance(m, UpsampleConv2d) for m in net.modules())
+    assert sum(isinstance(m, nn.Upsample) for m in others.modules()) == 5

@@ -4,7 +4,8 @@
   found (``auto`` picks what is fastest and safe there), and the CUDA backend switches (TF32,
   cudnn.benchmark).
 - ``prepare_networks``: moves the networks to the device in the layout the settings ask for,
-  swaps in the bit-identical faster layers of ``exact_fast_layers``, and compiles them if asked.
+  swaps in faster layers that compute the same function (``subpixel_upsample_convs``: equal to
+  rounding; ``exact_fast_layers``: bit for bit), and compiles them if asked.
 - ``matmul_peak_gflops``: the machine's measured matrix-multiply rate, the yardstick of
   ``peak_fraction`` (as nanoGPT's MFU, but against a measured peak, not a datasheet's).
 - ``step_flops``: the floating-point operations of one training step for a config, counted with
@@ -24,6 +25,7 @@ from torch import nn
 from cyclegan.errors import CycleGANError
 
 __all__ = ["Speed", "resolve_speed", "prepare_networks", "exact_fast_layers", "NearestUpsample",
+           "subpixel_upsample_convs", "UpsampleConv2d",
            "matmul_peak_gflops", "step_flops", "adam"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
@@ -137,12 +139,104 @@ def exact_fast_layers(net: nn.Module) -> nn.Module:
     return net
 
 
+def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """The four 2x2 kernels that a 3x3 kernel (zero padding 1) becomes after a nearest 2x
+    upsampling, one per output phase (row parity a, column parity b), in the order 00, 01, 10,
+    11 along the output channels. Output row 2i takes input rows i-1 (kernel row 0) and i (rows
+    1 + 2); row 2i+1 takes rows i (rows 0 + 1) and i+1 (row 2); columns alike."""
+    w0, w1, w2 = weight.unbind(2)
+    rows = (torch.stack([w0, w1 + w2], 2), torch.stack([w0 + w1, w2], 2))
+    kernels = []
+    for r in rows:
+        c0, c1, c2 = r.unbind(3)
+        kernels += [torch.stack([c0, c1 + c2], 3), torch.stack([c0 + c1, c2], 3)]
+    return torch.cat(kernels)
+
+
+class _Interleave(torch.autograd.Function):
+    """The four phase outputs, each (h+1) x (w+1) on the padded low-resolution grid, woven into
+    one 2h x 2w image: phase (a, b) gives the output pixels (2i+a, 2j+b) from its (i+a, j+b)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        n, c = z.size(0), z.size(1) // 4
+        phases = z.view(n, 2, 2, c, h + 1, w + 1)
+        out = z.new_empty(n, c, 2 * h, 2 * w)
+        woven = out.view(n, c, h, 2, w, 2)
+        for a in (0, 1):
+            for b in (0, 1):
+                woven[:, :, :, a, :, b].copy_(phases[:, a, b, :, a:a + h, b:b + w])
+        ctx.hw = (h, w)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        h, w = ctx.hw
+        grad = grad.contiguous()
+        n, c = grad.size(0), grad.size(1)
+        phases = grad.new_zeros(n, 2, 2, c, h + 1, w + 1)
+        woven = grad.view(n, c, h, 2, w, 2)
+        for a in (0, 1):
+            for b in (0, 1):
+                phases[:, a, b, :, a:a + h, b:b + w].copy_(woven[:, :, :, a, :, b])
+        return phases.view(n, 4 * c, h + 1, w + 1), None, None
+
+
+class UpsampleConv2d(nn.Conv2d):
+    """A nearest 2x upsampling followed by this 3x3 convolution (stride 1, zero padding 1),
+    computed on the CPU as four 2x2 convolutions of the low-resolution input, one per output
+    phase, in one call: 16 multiplications per input channel for every four output pixels
+    instead of 36. The same function of the same parameters, and the same gradients, in exact
+    arithmetic; in float32 the sums are taken in another order (as a GPU library's Winograd or
+    FFT convolution takes them), so results agree to rounding, not bit for bit.
+
+    Elsewhere (a GPU, another layout, ``torch.compile``) it upsamples and convolves as
+    ``nn.Upsample`` and ``nn.Conv2d`` do. Its parameters are the convolution's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
+                and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
+            h, w = x.shape[-2:]
+            bias = None if self.bias is None else self.bias.repeat(4)
+            z = nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1)), _phase_kernels(self.weight), bias)
+            return _Interleave.apply(z, h, w)
+        return super().forward(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _plain_3x3_conv(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
+
+
+def subpixel_upsample_convs(net: nn.Module) -> nn.Module:
+    """In every ``Sequential`` of ``net``, a nearest 2x upsampling directly followed by a plain
+    3x3 convolution (stride 1, zero padding 1) becomes ``nn.Identity`` and ``UpsampleConv2d``: the
+    same function with 2.25x fewer multiplications, equal to rounding (see ``UpsampleConv2d``).
+    In place; returns ``net``. The convolution module keeps its parameters (the same objects)
+    and its name, so the state dict, its keys and optimizers built before are unchanged.
+
+    The reference generator's two upsampling layers are such pairs. On this project's 2-core CPU
+    the training step is 1.06x as fast with them at 64x64 batch 1, 1.10x at 128x128 and 1.12x at
+    256x256 (paired runs in one process)."""
+    for parent in net.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        names = [name for name, _ in parent.named_children()]
+        for first, second in zip(names, names[1:]):
+            up, conv = parent._modules[first], parent._modules[second]
+            if _integer_nearest(up) and float(up.scale_factor) == 2 and _plain_3x3_conv(conv):
+                conv.__class__ = UpsampleConv2d  # a subclass with no state of its own: nothing else changes
+                parent._modules[first] = nn.Identity()
+    return net
+
+
 def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: torch.device) -> None:
     """Move ``nets`` to ``device`` in the layout of ``speed``, in place, with the layers of
-    ``exact_fast_layers``; compile them if asked (in place too: the modules, parameters and
-    state-dict keys stay as they are). Build the optimizers before or after: the parameters stay
-    the same objects."""
+    ``subpixel_upsample_convs`` and ``exact_fast_layers``; compile them if asked (in place too:
+    the modules, parameters and state-dict keys stay as they are). Build the optimizers before or
+    after: the parameters stay the same objects."""
     for net in nets.values():
+        subpixel_upsample_convs(net)
         exact_fast_layers(net)
         net.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.compile:
