@@ -19,7 +19,7 @@ from train_step import cpu_step_memory  # noqa: E402
 
 from cyclegan import models  # noqa: E402
 from cyclegan.checkpoint import NETWORK_NAMES  # noqa: E402
-from cyclegan.perf import NearestUpsample, UpsampleConv2d, exact_fast_layers, subpixel_upsample_convs  # noqa: E402
+from cyclegan.perf import UpsampleConv2d, exact_fast_layers, subpixel_upsample_convs  # noqa: E402
 from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step  # noqa: E402
 from cyclegan.utils import ReplayBuffer  # noqa: E402
 
@@ -40,26 +40,6 @@ def test_step_memory_counts_what_a_step_allocates_beyond_what_was_live_before():
     assert cpu_step_memory(step) == pytest.approx(12.0, abs=0.01)
 
 
-@pytest.mark.parametrize("shape, factor", [((2, 5, 7, 9), 2), ((1, 3, 4, 6), 3), ((3, 8, 1, 1), 2)])
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_nearest_upsample_gives_nn_upsamples_output_and_gradient_bit_for_bit(shape, factor, channels_last):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen)
-    if channels_last:  # not the fast path: nn.Upsample's own, which keeps the layout
-        x = x.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(shape[0], shape[1], shape[2] * factor, shape[3] * factor, generator=gen)
-    outputs = []  # (output, input gradient) of nn.Upsample, then of NearestUpsample
-    for layer in (nn.Upsample(scale_factor=factor), NearestUpsample(scale_factor=factor)):
-        x_ = x.clone().requires_grad_(True)
-        y = layer(x_)
-        y.backward(grad)
-        outputs.append((y, x_.grad))
-    assert torch.equal(outputs[0][0], outputs[1][0])
-    assert torch.equal(outputs[0][1], outputs[1][1])
-    for fmt in (torch.contiguous_format, torch.channels_last):
-        assert outputs[1][0].is_contiguous(memory_format=fmt) == outputs[0][0].is_contiguous(memory_format=fmt)
-
-
 def test_exact_fast_layers_keep_the_state_dict_and_the_official_unets_in_place_skips():
     G = models.GeneratorResNet((3, 32, 32), 2)
     D = models.Discriminator((3, 32, 32))
@@ -70,8 +50,6 @@ def test_exact_fast_layers_keep_the_state_dict_and_the_official_unets_in_place_s
     for net in (G, D, unet):
         assert exact_fast_layers(net) is net
         assert list(net.state_dict()) == before[id(net)]
-    assert sum(isinstance(m, NearestUpsample) for m in G.modules()) == 2
-    assert not any(type(m) is nn.Upsample for m in G.modules())
     # after each instance norm: out of place (generator: c7s1, d, d, 2 x R, u, u; discriminator: 3)
     assert sum(isinstance(m, nn.ReLU) and not m.inplace for m in G.modules()) == 7
     assert sum(isinstance(m, nn.LeakyReLU) and not m.inplace for m in D.modules()) == 3
@@ -92,7 +70,7 @@ def test_training_steps_with_the_exact_fast_layers_are_bit_identical(discriminat
     fast = copy.deepcopy(plain)
     for net in fast.values():
         exact_fast_layers(net)
-    assert any(isinstance(m, NearestUpsample) for m in fast["G_AB"].modules())
+    assert any(isinstance(m, nn.ReLU) and not m.inplace for m in fast["G_AB"].modules())
     runs = []
     for nets in (plain, fast):
         opts = build_optimizers(nets, config)
@@ -176,3 +154,5 @@ def test_subpixel_swap_takes_only_nearest_2x_upsampling_before_a_plain_3x3_convo
         subpixel_upsample_convs(net)
         assert not any(isinstance(m, UpsampleConv2d) for m in net.modules())
     assert sum(isinstance(m, nn.Upsample) for m in others.modules()) == 5
+    pair = subpixel_upsample_convs(nn.Sequential(nn.Upsample(scale_factor=(2, 2)), nn.Conv2d(3, 3, 3, padding=1)))
+    assert [type(m) for m in pair] == [nn.Identity, UpsampleConv2d]
