@@ -243,7 +243,9 @@ def machine(device: torch.device) -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    text = f"{cpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    # The vector instructions PyTorch found: virtual machines of one CPU model may expose AVX-512
+    # (and native bfloat16) or hide it, which moves every figure here.
+    text = f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {os.cpu_count()} CPU cores, torch {torch.__version__}"
     return text + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else "")
 
 
