@@ -335,7 +335,7 @@ def test_restart_with_other_network_options_lists_the_differences(image_folders,
     assert run_cli("train", *common, "--n_epochs", "1", "--decay_epoch", "0").returncode == 0
     result = run_cli("train", *common, "--epoch", "1", "--ngf", "32", "--netD", "pixel")
     assert result.returncode == 2
-    assert "--ngf 32 (checkpoint: 64)" in result.stderr and "--netD pixel (checkpoint: reference)" in result.stderr
+    assert "--ngf 32 (checkpoint: 16)" in result.stderr and "--netD pixel (checkpoint: reference)" in result.stderr
 
 
 # --- Every combination trains a step -------------------------------------------------------------

@@ -241,9 +241,9 @@ def test_resume_reports_changed_flags_and_refuses_other_networks(image_folders, 
     changed = run_cli("train", "--resume", "--output", str(run), "--n_epochs", "4", "--max_steps", "4")
     assert changed.returncode == 0, changed.stderr
     assert "on resume: --n_epochs 4 (the run had 3)" in changed.stderr
-    refused = run_cli("train", "--resume", "--output", str(run), "--ngf", "16", "--norm", "batch", "--netD", "basic")
+    refused = run_cli("train", "--resume", "--output", str(run), "--ngf", "8", "--norm", "batch", "--netD", "basic")
     assert refused.returncode == 2
-    assert "--ngf 16 (checkpoint: 64)" in refused.stderr and "--norm batch (checkpoint: instance)" in refused.stderr
+    assert "--ngf 8 (checkpoint: 16)" in refused.stderr and "--norm batch (checkpoint: instance)" in refused.stderr
 
 
 def lr_and_betas(run: Path) -> tuple[float, tuple]:

@@ -90,7 +90,7 @@ def test_train_end_to_end_writes_samples_checkpoints_and_config(image_folders, t
     for epoch in (1, 2):
         states[epoch], meta = load_checkpoint(run / "checkpoints" / f"epoch_{epoch}.safetensors")
         assert meta["epoch"] == epoch and meta["config"]["img_height"] == 32
-        nets = build_networks(TrainConfig(img_height=32, img_width=32, n_residual_blocks=1))
+        nets = build_networks(TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=16, ndf=16))
         for name in NETWORK_NAMES:
             nets[name].load_state_dict(states[epoch][name], strict=True)
     assert not torch.equal(states[1]["G_AB"]["model.1.weight"], states[2]["G_AB"]["model.1.weight"])
@@ -150,7 +150,7 @@ def test_one_channel_training(image_folders, tmp_path):
     assert result.returncode == 0, result.stderr
     assert Image.open(run / "samples" / "0000000.png").mode == "L"
     states, _ = load_checkpoint(run / "checkpoints" / "epoch_1.safetensors")
-    assert states["G_AB"]["model.1.weight"].shape == (64, 1, 7, 7)
+    assert states["G_AB"]["model.1.weight"].shape == (16, 1, 7, 7)
 
 
 def make_bad_input(kind: str, root: Path) -> tuple[list[str], str]:
