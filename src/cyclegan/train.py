@@ -815,6 +815,9 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
                     log.info("saved %s", path)
                 save_run(completed, 0)
             if stopping:
+                # Every rank has stopped at the same step: leave together, as at the end of training,
+                # so that none tears its process group down while another still saves.
+                barrier(env)
                 resume_cmd = f"cyclegan train --resume --output {run_dir}"
                 if config.max_steps is None or step < config.max_steps:  # a signal, here or on another rank
                     signum = stop.signum or signal.SIGTERM
