@@ -110,7 +110,8 @@ def test_one_fast_step_leaves_the_reference_steps_parameters_in_fp32():
 
 def test_the_training_step_is_as_close_to_exact_arithmetic_as_the_reference_step_in_fp32():
     """The step ``cyclegan train`` runs, sub-pixel upsampling convolutions included, against the
-    reference step in float32 and in float64 (exact arithmetic, to 1e-12), from the same weights.
+    reference step in float32 and in float64 (exact arithmetic, for these purposes), from the same
+    weights.
 
     A change of convolution algorithm rounds differently, and at random initialisation the step
     is ill-conditioned: the float32 reference's own gradients are up to 5e-3 from the float64
