@@ -1,5 +1,5 @@
-"""Dataset layouts, image modes and extensions, the reference transform, unaligned sampling, the
-scan for bad files and the demo data."""
+"""Dataset layouts, image modes and extensions through the dataset, the reference transform,
+unaligned sampling and the demo data. (Decoding itself: test_images.py.)"""
 
 from __future__ import annotations
 
@@ -108,14 +108,6 @@ def test_every_image_mode_becomes_white_rgb_or_grey(tmp_path, mode, name, channe
     assert torch.allclose(x, torch.ones_like(x), atol=1e-6), (mode, x.min(), x.max())
 
 
-def test_sixteen_bit_grey_keeps_its_levels(tmp_path):
-    levels = np.array([[0, 16384, 32768, 65535]], dtype=np.uint16).repeat(4, axis=0)
-    path = tmp_path / "deep.png"
-    Image.fromarray(levels).save(path)
-    grey = np.asarray(datasets.load_image(path, channels=1))
-    assert grey[0].tolist() == [0, 64, 128, 255]
-
-
 def test_reference_transform_sizes_and_range(tmp_path):
     torch.manual_seed(0)
     t = datasets.Compose(datasets.reference_transforms(256, 256))
@@ -165,29 +157,6 @@ def test_layout_errors_name_the_folder(tmp_path, problem):
         "only text files": str(root / "train" / "A"),
     }[problem]
     assert expected in message
-
-
-def test_scan_finds_every_kind_of_bad_file(tmp_path):
-    good = write_rgb(tmp_path / "good.png")
-    empty = tmp_path / "empty.png"
-    empty.write_bytes(b"")
-    text = tmp_path / "text.png"
-    text.write_text("this is not a picture")
-    truncated = tmp_path / "truncated.jpg"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(truncated)
-    truncated.write_bytes(truncated.read_bytes()[:600])
-    problems = dict(datasets.scan_images([good, empty, text, truncated]))
-    assert set(problems) == {empty, text, truncated}
-    assert "empty" in problems[empty]
-    assert "not an image" in problems[text]
-    assert "truncated" in problems[truncated]
-
-
-def test_scan_flags_decompression_bombs(tmp_path, monkeypatch):
-    path = write_rgb(tmp_path / "big.png", size=(100, 100))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
-    problems = dict(datasets.scan_images([path]))
-    assert "decompression-bomb" in problems[path]
 
 
 def test_demo_data_is_deterministic_and_the_test_split_holds_the_truth(tmp_path):

@@ -17,7 +17,8 @@ from torch import nn
 
 from cyclegan.checkpoint import checkpoint_path, save_networks
 from cyclegan.inference import Generator, load_generator, translate_image
-from cyclegan.train import TrainConfig, build_networks
+from cyclegan.models import build_networks
+from cyclegan.options import TrainConfig
 
 
 # A literal transcription of the official repository's ResnetGenerator and ResnetBlock

@@ -12,9 +12,10 @@ import torch
 from reference_step import reference_optimizers, reference_step
 from torch import nn
 
-from cyclegan.checkpoint import NETWORK_NAMES
+from cyclegan.models import NETWORK_NAMES, build_networks
+from cyclegan.options import TrainConfig
 from cyclegan.perf import UpsampleConv2d, exact_fast_layers, prepare_networks, resolve_speed, step_flops
-from cyclegan.train import TrainConfig, batches_generator_calls, build_networks, build_optimizers, train_step
+from cyclegan.step import batches_generator_calls, build_optimizers, train_step
 from cyclegan.utils import ReplayBuffer
 
 LR = 0.0002

@@ -14,9 +14,10 @@ import torch
 from conftest import SMALL_RUN, run_cli, write_images
 from PIL import Image
 
-from cyclegan.checkpoint import NETWORK_NAMES, load_checkpoint
-from cyclegan.options import parse_config
-from cyclegan.train import TrainConfig, build_networks, build_optimizers, train_step
+from cyclegan.checkpoint import load_checkpoint
+from cyclegan.models import NETWORK_NAMES, build_networks
+from cyclegan.options import TrainConfig, parse_config
+from cyclegan.step import build_optimizers, train_step
 from cyclegan.utils import ReplayBuffer
 from tests_flags import REFERENCE_FLAGS
 

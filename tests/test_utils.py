@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import random
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from cyclegan.utils import LambdaLR, ReplayBuffer, atomic_write, make_grid, psnr, save_image
+from cyclegan.utils import LambdaLR, ReplayBuffer, atomic_write, psnr
 
 
 def batch(values, size=4):
@@ -120,27 +118,6 @@ def test_lambda_lr_drives_torch_scheduler_per_epoch():
 def test_lambda_lr_refuses_decay_at_or_after_the_end(n_epochs, decay):
     with pytest.raises(ValueError, match="decay"):
         LambdaLR(n_epochs, 0, decay)
-
-
-def test_make_grid_places_images():
-    images = batch([-1, 0, 1], size=2)
-    grid = make_grid(images, nrow=2, padding=1, pad_value=0.5)
-    assert grid.shape == (3, 1 + 2 * 3, 1 + 2 * 3)
-    assert torch.all(grid[:, 1:3, 1:3] == -1)
-    assert torch.all(grid[:, 1:3, 4:6] == 0)
-    assert torch.all(grid[:, 4:6, 1:3] == 1)
-    assert torch.all(grid[:, 4:6, 4:6] == 0.5)  # empty cell
-
-
-def test_save_image_writes_the_right_pixels(tmp_path):
-    image = torch.zeros(3, 4, 5)
-    image[0] = 1.0
-    image[2] = -1.0
-    save_image(image, tmp_path / "x.png")
-    array = np.asarray(Image.open(tmp_path / "x.png"))
-    assert array.shape == (4, 5, 3)
-    assert (array[..., 0] == 255).all() and (array[..., 1] == 128).all() and (array[..., 2] == 0).all()
-    assert os.listdir(tmp_path) == ["x.png"]  # no temporary file left
 
 
 def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):

@@ -1,4 +1,6 @@
-"""Saving and loading runs: the four networks in one safetensors file, written atomically.
+"""What a run leaves on disk and how it comes back: network checkpoints (the four networks in
+one safetensors file), run checkpoints for ``--resume`` (networks, optimizers, schedulers,
+replay buffers, RNG states, position), and weights files of other programs.
 
 A checkpoint ``checkpoints/epoch_N.safetensors`` in a run folder holds the weights of G_AB,
 G_BA, D_A and D_B after N completed epochs, their keys prefixed by the network's name
@@ -10,12 +12,17 @@ anything but tensors and plain containers.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import random
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
@@ -23,7 +30,8 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.utils import atomic_write, fsync_dir
+from cyclegan.models import NETWORK_NAMES
+from cyclegan.utils import ReplayBuffer, atomic_write, fsync_dir
 
 __all__ = [
     "NETWORK_NAMES",
@@ -32,9 +40,17 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict_file",
     "list_checkpoints",
+    "newest_checkpoint",
+    "save_run_checkpoint",
+    "load_run_checkpoint",
+    "load_latest_run_checkpoint",
+    "list_run_checkpoints",
+    "rng_state",
+    "set_rng_state",
+    "buffers_state",
+    "load_buffers_state",
 ]
 
-NETWORK_NAMES = ("G_AB", "G_BA", "D_A", "D_B")
 
 
 def checkpoint_path(run_dir: str | os.PathLike[str], epoch: int) -> Path:
@@ -155,10 +171,6 @@ def save_run_checkpoint(
     keep: int = 3,
 ) -> Path:
     """Write a run checkpoint for ``step`` atomically, then keep only the newest ``keep``."""
-    import io
-    import shutil
-    import tempfile
-
     folder = resume_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{_STEP_PREFIX}{step:09d}"
@@ -205,8 +217,6 @@ def set_aside(path: Path, why: str) -> Path:
 
 def clean_run_checkpoints(run_dir: str | os.PathLike[str]) -> None:
     """Tidy what a process killed while saving left: finish an interrupted swap, drop temp folders."""
-    import shutil
-
     folder = resume_dir(run_dir)
     if not folder.is_dir():
         return
@@ -266,3 +276,59 @@ def load_latest_run_checkpoint(
             continue
         return path, networks, state
     raise CycleGANError(f"--resume: every checkpoint in {resume_dir(run_dir)} is damaged; nothing to resume from")
+
+
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The most recently written checkpoint of a run folder (epoch file or run checkpoint)."""
+    candidates = list(list_checkpoints(run_dir).values()) + list_run_checkpoints(run_dir)
+    if not candidates:
+        raise CycleGANError(f"--checkpoint {run_dir}: the run folder holds no checkpoint yet "
+                            f"(looked in {run_dir / 'checkpoints'})")
+    return max(candidates, key=lambda p: (p / "networks.safetensors" if p.is_dir() else p).stat().st_mtime)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run state: what a run checkpoint's state.pt holds besides optimizers and schedulers, as tensors
+# and plain containers (so that ``torch.load(weights_only=True)`` reads it).
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states of Python, NumPy and torch (and CUDA), as tensors and plain containers."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Put back the RNG states ``rng_state`` recorded."""
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def buffers_state(buffers: dict[str, ReplayBuffer | None]) -> dict[str, Any]:
+    """The replay buffers' images (one tensor each, on the CPU) and their generators' states."""
+    return {
+        k: None if b is None else {"data": torch.cat(b.data).cpu() if b.data else None, "rng": b.rng.getstate()}
+        for k, b in buffers.items()
+    }
+
+
+def load_buffers_state(buffers: dict[str, ReplayBuffer | None], state: dict[str, Any], device: torch.device) -> None:
+    """Refill the replay buffers from ``buffers_state``, their images on ``device``."""
+    for k, b in buffers.items():
+        saved = state.get(k)
+        if b is None or saved is None:
+            continue
+        b.data = [] if saved["data"] is None else [x.to(device) for x in saved["data"].split(1)][: b.max_size]
+        b.rng.setstate(saved["rng"])

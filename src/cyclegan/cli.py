@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-__all__ = ["COMMANDS", "main", "run_command"]
+__all__ = ["COMMANDS", "main"]
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -23,21 +22,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cyclegan.serve", "a web page (Gradio) to try a trained model in the browser"),
     "evaluate": ("cyclegan.evaluate", "FID and KID against real images; PSNR, SSIM, L1 with paired truth; cycle error"),
 }
-
-
-def run_command(parser: Any, run: Callable[[Any], int | None], argv: Sequence[str] | None, log: Any) -> int:
-    """Parse ``argv`` with ``parser`` and ``run`` the result; a ``CycleGANError`` is logged, not
-    raised, and its exit status returned (the shape of every command's ``main``)."""
-    from cyclegan.errors import CycleGANError
-    from cyclegan.train import setup_logging
-
-    setup_logging()
-    args = parser.parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
 
 
 def usage() -> str:

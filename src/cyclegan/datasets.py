@@ -1,26 +1,24 @@
-"""Folders of images -> tensors: dataset layouts, decoding, the reference transform, a scan for
-bad files, and the built-in demo data.
+"""Folders of images -> tensors: the dataset layouts, the training transforms, the dataset and
+its sampler, and the built-in demo data. (Files are opened and decoded by ``images``.)
 
 Two layouts are read, for the split ``mode`` (``train`` or ``test``):
 
 - the reference layout: ``root/train/A``, ``root/train/B``, ``root/test/A``, ``root/test/B``;
 - the official CycleGAN layout: ``root/trainA``, ``root/trainB``, ``root/testA``, ``root/testB``.
 
-Image files are found by extension in any case (.jpg .jpeg .png .bmp .webp .tif .tiff). Grey,
-palette, RGBA, CMYK and 16-bit images are converted to RGB, or to one grey channel when
-``channels=1``. All randomness (crops, flips, the unaligned B image) draws from torch's
-generator: the global one for ``dataset[i]``, as in the reference, or one seeded per sample for
-the ``(seed, epoch, index)`` keys that ``EpochSampler`` yields in training, which makes the data
-order a function of the seed and the position (exact resume, any number of workers or ranks).
+Image files are found by extension in any case (.jpg .jpeg .png .bmp .webp .tif .tiff) and
+decoded by ``images.load_image``: upright by their EXIF orientation, any mode made RGB, or one
+grey channel when ``channels=1``. All randomness (crops, flips, the unaligned B image) draws
+from torch's generator: the global one for ``dataset[i]``, as in the reference, or one seeded
+per sample for the ``(seed, epoch, index)`` keys that ``EpochSampler`` yields in training, which
+makes the data order a function of the seed and the position (exact resume, any number of
+workers or ranks).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,10 @@ from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
 from cyclegan.errors import CycleGANError
+from cyclegan.images import list_images, load_image, to_unit_tensor
 
 __all__ = [
-    "IMG_EXTENSIONS",
+    "DEMO_DATASET",
     "ImageDataset",
     "Compose",
     "ResizeCover",
@@ -49,22 +48,18 @@ __all__ = [
     "EpochSampler",
     "sample_seed",
     "has_split",
-    "convert_image",
     "reference_transforms",
     "test_transforms",
     "find_domain_dirs",
-    "list_images",
-    "load_image",
-    "scan_images",
     "DemoScenes",
     "write_demo_dataset",
 ]
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DEMO_DATASET = "demo"  # --dataset_name of the built-in demo data (DemoScenes)
 
 
 # ---------------------------------------------------------------------------------------------
-# Finding and decoding files
+# Layouts
 
 
 def find_domain_dirs(root: str | os.PathLike[str], mode: str = "train") -> tuple[Path, Path]:
@@ -91,95 +86,6 @@ def has_split(root: str | os.PathLike[str], mode: str) -> bool:
     """Whether ``root`` holds split ``mode`` in either layout."""
     root = Path(root)
     return (root / mode / "A").is_dir() or (root / f"{mode}A").is_dir()
-
-
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name; extensions match in any case."""
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-    if not files:
-        raise CycleGANError(
-            f"{folder} holds no image files: put images there ({', '.join(IMG_EXTENSIONS)}, any case)"
-        )
-    return files
-
-
-def _to_8bit_grey(img: Image.Image) -> Image.Image:
-    """A single-channel image of more than 8 bits (modes I, I;16*, F) as 8-bit grey."""
-    array = np.asarray(img)
-    if img.mode == "F":
-        top = 1.0 if float(array.max(initial=0.0)) <= 1.0 else 255.0
-    else:
-        top = 255.0 if int(array.max(initial=0)) <= 255 else 65535.0
-    scaled = np.clip(array.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
-
-
-def convert_image(img: Image.Image, channels: int = 3) -> Image.Image:
-    """``img`` as RGB (``channels=3``) or 8-bit grey (``channels=1``), whatever its mode."""
-    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
-        img = _to_8bit_grey(img)
-    elif img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    target = "RGB" if channels == 3 else "L"
-    if img.mode != target:
-        img = img.convert(target)  # alpha is dropped, as the official code does
-    return img
-
-
-def load_image(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
-    """Open and decode ``path`` fully, converted for ``channels``."""
-    with Image.open(path) as img:
-        img.load()
-        return convert_image(img, channels)
-
-
-def _check_one(path: Path, min_size: tuple[int, int] | None = None, min_label: str = "the crop") -> str | None:
-    """Why ``path`` cannot be used, or None when it decodes (and is at least ``min_size`` = (w, h))."""
-    try:
-        if path.stat().st_size == 0:
-            return "empty file (0 bytes)"
-        with Image.open(path) as img:
-            if img.width * img.height > Image.MAX_IMAGE_PIXELS:
-                return (
-                    f"{img.width}x{img.height} pixels, over Pillow's decompression-bomb limit "
-                    f"of {Image.MAX_IMAGE_PIXELS}"
-                )
-            img.load()
-            if min_size is not None and (img.width < min_size[0] or img.height < min_size[1]):
-                return f"{img.width}x{img.height} pixels, smaller than {min_label} {min_size[0]}x{min_size[1]}"
-    except Image.DecompressionBombError as exc:
-        return f"over Pillow's decompression-bomb limit ({exc})"
-    except Exception as exc:  # noqa: BLE001 - any decoder failure makes the file unusable
-        message = str(exc) or type(exc).__name__
-        if "cannot identify image file" in message:
-            return "not an image Pillow can read"
-        if "truncated" in message.lower() or "broken data stream" in message.lower():
-            return "truncated image data"
-        return message
-    return None
-
-
-def scan_images(
-    paths: Sequence[Path], workers: int = 4, progress: bool = False, min_size: tuple[int, int] | None = None,
-    min_label: str = "the crop",
-) -> list[tuple[Path, str]]:
-    """Open and decode every file; return ``(path, reason)`` for each one that fails (or, with
-    ``min_size`` = (width, height), is smaller)."""
-    from tqdm import tqdm
-
-    problems: list[tuple[Path, str]] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = pool.map(functools.partial(_check_one, min_size=min_size, min_label=min_label), paths)
-            for path, reason in tqdm(
-                zip(paths, results), total=len(paths), desc="checking images", unit="img",
-                disable=not progress, leave=False,
-            ):
-                if reason is not None:
-                    problems.append((path, reason))
-    return problems
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,10 +165,7 @@ class ToTensor:
     """8-bit Pillow image -> float tensor ``(C, H, W)`` in [0, 1]."""
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
-        array = np.asarray(img, dtype=np.uint8)
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array.transpose(2, 0, 1).copy()).float().div_(255.0)
+        return to_unit_tensor(img)
 
 
 class Normalize:

@@ -23,11 +23,14 @@ from pathlib import Path
 
 import torch
 
-from cyclegan import datasets
-from cyclegan.checkpoint import checkpoint_path, load_checkpoint
+from cyclegan.checkpoint import checkpoint_path
+from cyclegan.datasets import DEMO_DATASET, find_domain_dirs
 from cyclegan.errors import CycleGANError
-from cyclegan.models import GeneratorResNet
-from cyclegan.train import DEMO_DATASET, TrainConfig, setup_logging, train
+from cyclegan.images import list_images, read_image
+from cyclegan.inference import load_generator
+from cyclegan.options import TrainConfig
+from cyclegan.runtime import run_command
+from cyclegan.train import train
 from cyclegan.utils import atomic_write, psnr
 
 __all__ = ["demo_config", "score_demo", "main"]
@@ -94,17 +97,14 @@ def score_demo(run_dir: str | Path, epoch: int, device: str = "cpu") -> dict[str
     """PSNR (dB, mean over the test pairs) of G_AB from the run's checkpoint and of the baselines."""
     run_dir = Path(run_dir)
     data_root = run_dir / "demo_data"
-    states, meta = load_checkpoint(checkpoint_path(run_dir, epoch))
-    config = meta["config"]
-    shape = (config["channels"], config["img_height"], config["img_width"])
-    G_AB = GeneratorResNet(shape, config["n_residual_blocks"])
-    G_AB.load_state_dict(states["G_AB"])
-    G_AB.to(device).eval()
-    to_tensor = datasets.Compose([datasets.ToTensor(), datasets.Normalize((0.5,) * 3, (0.5,) * 3)])
-    test_dir_A, test_dir_B = datasets.find_domain_dirs(data_root, "test")
-    real_A = torch.stack([to_tensor(datasets.load_image(p)) for p in datasets.list_images(test_dir_A)])
-    real_B = torch.stack([to_tensor(datasets.load_image(p)) for p in datasets.list_images(test_dir_B)])
-    train_B = torch.stack([to_tensor(datasets.load_image(p)) for p in datasets.list_images(data_root / "train" / "B")])
+    G_AB = load_generator(checkpoint_path(run_dir, epoch), "AtoB", device)
+
+    def read_all(folder: Path) -> torch.Tensor:
+        return torch.cat([read_image(p, 3)[0] for p in list_images(folder)])
+
+    test_dir_A, test_dir_B = find_domain_dirs(data_root, "test")
+    real_A, real_B = read_all(test_dir_A), read_all(test_dir_B)
+    train_B = read_all(data_root / "train" / "B")
     with torch.no_grad():
         fake_B = G_AB(real_A.to(device)).cpu()
     mean_B = train_B.mean(0, keepdim=True).expand_as(real_B)
@@ -116,18 +116,12 @@ def score_demo(run_dir: str | Path, epoch: int, device: str = "cpu") -> dict[str
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    setup_logging()
+def run(args: argparse.Namespace) -> int:
     config = demo_config(args.output, args.n_epochs, args.device, args.seed)
     start = time.perf_counter()
-    try:
-        clear_previous_demo(Path(args.output))
-        run_dir = train(config)
-        results = score_demo(run_dir, config.n_epochs)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+    clear_previous_demo(Path(args.output))
+    run_dir = train(config)
+    results = score_demo(run_dir, config.n_epochs)
     results["seconds"] = round(time.perf_counter() - start, 1)
     with atomic_write(run_dir / "demo_results.json", "w") as f:
         json.dump(results, f, indent=2)
@@ -143,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         file=sys.stdout,
     )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(get_args_parser(), run, argv, log)
 
 
 if __name__ == "__main__":

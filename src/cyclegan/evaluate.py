@@ -40,6 +40,9 @@ from PIL import Image
 from torch import nn
 
 from cyclegan.errors import CycleGANError
+from cyclegan.images import list_images, read_image, tensor_to_image
+from cyclegan.inference import load_generator, translate_image
+from cyclegan.runtime import resolve_device, run_command
 from cyclegan.utils import atomic_write
 
 __all__ = ["main", "get_args_parser", "InceptionFeatures", "find_inception", "compute_metrics", "fid_from_features"]
@@ -103,8 +106,7 @@ class InceptionFeatures(nn.Module):
 
 def to_uint8(tensor: torch.Tensor, size: int | None = 299) -> torch.Tensor:
     """(C, H, W) in [-1, 1] to uint8 (3, size, size): grey made RGB, resized bicubic in PIL."""
-    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    image = Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)).convert("RGB")
+    image = tensor_to_image(tensor).convert("RGB")
     if size:
         image = image.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
@@ -182,9 +184,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], list[torch.Tensor]]:
-    from cyclegan.datasets import list_images
-    from cyclegan.translate import read_image
-
     path = Path(folder)
     if not path.is_dir():
         raise CycleGANError(f"{flag} {path}: no such folder")
@@ -201,9 +200,6 @@ def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], lis
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from cyclegan.inference import load_generator, translate_image
-    from cyclegan.train import resolve_device
-
     device = resolve_device(args.device)
     features = InceptionFeatures(find_inception(args.inception), device)  # before any long work
     results: dict[str, Any] = {}
@@ -237,9 +233,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         truth_dir = Path(args.paired)
         if not truth_dir.is_dir():
             raise CycleGANError(f"--paired {truth_dir}: no such folder")
-        from cyclegan.datasets import list_images
-        from cyclegan.translate import read_image
-
         by_stem = {p.stem: p for p in list_images(truth_dir)}
         pairs = [(f, by_stem[n.stem]) for f, n in zip(fakes, names) if n.stem in by_stem]
         if not pairs:
@@ -270,8 +263,6 @@ def report(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.cli import run_command
-
     return run_command(get_args_parser(), report, argv, log)
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Generator, load_generator
+from cyclegan.inference import Generator, OnnxGenerator, load_generator
+from cyclegan.runtime import run_command
 
 __all__ = ["main", "get_args_parser", "export_onnx", "export_torchscript", "parity_inputs"]
 
@@ -143,8 +144,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.format == "onnx":
             export_onnx(gen, tmp, args.opset, metadata)
-            from cyclegan.translate import OnnxGenerator
-
             runner: Callable[[torch.Tensor], torch.Tensor] = OnnxGenerator(tmp)
             what = "the ONNX export (onnxruntime)"
         else:
@@ -166,8 +165,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.cli import run_command
-
     return run_command(get_args_parser(), run, argv, log)
 
 

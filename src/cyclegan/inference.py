@@ -13,7 +13,8 @@
 
 ``translate_image`` pads an image by reflection to what the generator needs (a multiple of 4 for
 the ResNet generators) and crops the result back, so a 501x333 photo comes back 501x333; with
-``tile`` it translates overlapping tiles and blends their seams linearly.
+``tile`` it translates overlapping tiles and blends their seams linearly. ``OnnxGenerator``
+runs a file made by ``cyclegan export --format onnx`` with onnxruntime, as a ``Generator``.
 """
 
 from __future__ import annotations
@@ -28,17 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclegan.checkpoint import (
-    list_checkpoints,
-    list_run_checkpoints,
-    load_checkpoint,
-    load_run_checkpoint,
-    load_state_dict_file,
-)
+from cyclegan.checkpoint import load_checkpoint, load_run_checkpoint, load_state_dict_file, newest_checkpoint
 from cyclegan.errors import CycleGANError
-from cyclegan.models import GeneratorResNet, ResnetGenerator, define_G
+from cyclegan.models import build_generator, generator_multiple
+from cyclegan.options import TrainConfig
 
-__all__ = ["Generator", "load_generator", "generator_from_state_dict", "translate_image", "newest_checkpoint"]
+__all__ = ["Generator", "OnnxGenerator", "load_generator", "generator_from_state_dict", "translate_image"]
 
 
 @dataclass
@@ -59,38 +55,43 @@ class Generator:
         return self.net(x)
 
 
-def newest_checkpoint(run_dir: Path) -> Path:
-    """The most recently written checkpoint of a run folder (epoch file or run checkpoint)."""
-    candidates = list(list_checkpoints(run_dir).values()) + list_run_checkpoints(run_dir)
-    if not candidates:
-        raise CycleGANError(f"--checkpoint {run_dir}: the run folder holds no checkpoint yet "
-                            f"(looked in {run_dir / 'checkpoints'})")
-    return max(candidates, key=lambda p: (p / "networks.safetensors" if p.is_dir() else p).stat().st_mtime)
+class OnnxGenerator:
+    """An exported generator run by onnxruntime, with the interface of ``Generator``."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise CycleGANError("--backend onnxruntime needs onnxruntime: pip install 'cyclegan[export]'") from exc
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad files
+            raise CycleGANError(f"--checkpoint {path}: not an ONNX model onnxruntime can load ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        info = self.session.get_inputs()[0]
+        self.input_name = info.name
+        self.in_channels = int(meta.get("in_channels", info.shape[1] if isinstance(info.shape[1], int) else 3))
+        self.out_channels = int(meta.get("out_channels", 3))
+        self.multiple = int(meta.get("multiple", 4))
+        self.train_size = None
+        self.source = str(path)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})
+        return torch.from_numpy(out)
 
 
-def _multiple(config: dict[str, Any]) -> int:
-    net = config.get("netG", "resnet")
-    if net == "unet_128":
-        return 128
-    if net == "unet_256":
-        return 256
-    return 4
-
-
-def _from_run(states: dict[str, dict[str, torch.Tensor]], config: dict[str, Any], direction: str,
+def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any], direction: str,
               source: str) -> Generator:
+    """One generator of a run's checkpoint, built from the run's config as training built it."""
+    config = TrainConfig.from_json(saved)
     name = "G_AB" if direction == "AtoB" else "G_BA"
-    a = config.get("input_nc") or config.get("channels", 3)
-    b = config.get("output_nc") or config.get("channels", 3)
-    cin, cout = (a, b) if direction == "AtoB" else (b, a)
-    n_blocks = config.get("n_residual_blocks", 9)
-    net = define_G(config.get("netG", "resnet"), cin, cout, n_blocks=n_blocks, ngf=config.get("ngf", 64),
-                   norm=config.get("norm", "instance"), use_dropout=config.get("use_dropout", False),
-                   upsample=config.get("upsample", "nearest"))
+    net = build_generator(config, direction)
     net.load_state_dict(states[name])
-    arch = "official" if config.get("upsample") == "transpose" else "reference"
-    size = (config.get("img_height", 256), config.get("img_width", 256))
-    return Generator(net.eval(), cin, cout, _multiple(config), f"{source} ({name})", arch, size, config)
+    cin, cout = (config.channels_A, config.channels_B) if direction == "AtoB" else (config.channels_B, config.channels_A)
+    arch = "official" if config.upsample == "transpose" else "reference"
+    size = (config.img_height, config.img_width)
+    return Generator(net.eval(), cin, cout, generator_multiple(config.netG), f"{source} ({name})", arch, size, saved)
 
 
 _BLOCK = re.compile(r"^model\.(\d+)\.(conv_block|block)\.")
@@ -123,12 +124,10 @@ def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "sta
     out_channels = int(state[last].shape[0])
     n_blocks = len(blocks)
     dropout = any(re.match(r"model\.\d+\.(conv_block|block)\.7\.", k) for k in state)
-    if kind == {"conv_block"}:
-        net: nn.Module = ResnetGenerator(in_channels, out_channels, ngf, norm, False, n_blocks)
-        arch = "official"
-    else:
-        net = GeneratorResNet((in_channels,), n_blocks, ngf=ngf, norm=norm, out_channels=out_channels)
-        arch = "reference"
+    arch = "official" if kind == {"conv_block"} else "reference"
+    config = TrainConfig(netG="resnet", upsample="transpose" if arch == "official" else "nearest", ngf=ngf,
+                         norm=norm, n_residual_blocks=n_blocks, input_nc=in_channels, output_nc=out_channels)
+    net = build_generator(config, "AtoB")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

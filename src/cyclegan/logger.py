@@ -1,4 +1,8 @@
-"""What a run records for people to watch: ``metrics.jsonl`` always, and TensorBoard or W&B.
+"""What a run records for people to watch: the progress bar or log lines, ``metrics.jsonl``
+always, and TensorBoard or W&B.
+
+``Progress`` shows the loss terms, img/s, the fraction of the machine's peak and the time left:
+a tqdm bar on a terminal, else a log line every tenth of an epoch.
 
 ``RunLogger`` is made on rank 0 only (other ranks get ``NullLogger``). Every ``--log_interval``
 steps and at the end of each epoch it appends one JSON line to ``<run>/metrics.jsonl``:
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +32,45 @@ from typing import Any
 import numpy as np
 
 from cyclegan.errors import CycleGANError
+from cyclegan.runtime import format_eta
 
-__all__ = ["LOGGERS", "NullLogger", "RunLogger", "make_logger", "read_metrics"]
+__all__ = ["LOGGERS", "Progress", "NullLogger", "RunLogger", "make_logger", "read_metrics"]
 
 log = logging.getLogger("cyclegan.logger")
+train_log = logging.getLogger("cyclegan.train")
 
 LOGGERS = ("tensorboard", "wandb", "none")
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a log line every tenth of an epoch."""
+
+    def __init__(self, total: int, epoch: int, n_epochs: int) -> None:
+        from tqdm import tqdm
+
+        self.total, self.epoch, self.n_epochs = total, epoch, n_epochs
+        self.every = max(1, total // 10)
+        tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", leave=False) if tty else None
+
+    def update(self, i: int, losses: dict[str, float], img_per_s: float, peak_fraction: float, eta_s: float) -> None:
+        text = (
+            f"D {losses['D']:.4f} G {losses['G']:.4f} adv {losses['adv']:.4f} "
+            f"cycle {losses['cycle']:.4f} identity {losses['identity']:.4f} | {img_per_s:.3g} img/s | "
+            f"{peak_fraction:.0%} of peak"
+        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{text} | ETA {format_eta(eta_s)}", refresh=False)
+            self.bar.update(1)
+        elif (i + 1) % self.every == 0 or i + 1 == self.total:
+            train_log.info(
+                "[Epoch %d/%d] [Batch %d/%d] %s | ETA %s",
+                self.epoch + 1, self.n_epochs, i + 1, self.total, text, format_eta(eta_s),
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class NullLogger:

@@ -12,13 +12,17 @@ The official repository (junyanz/pytorch-CycleGAN-and-pix2pix): ``ResnetGenerato
 convolutions, ``model.N.conv_block.M`` keys), ``UnetGenerator``, ``NLayerDiscriminator``
 (``basic`` is 3 layers: the 70x70 PatchGAN) and ``PixelDiscriminator``, built with the same
 modules in the same order as there, so their parameter counts and keys are the official ones.
-``define_G`` and ``define_D`` build any of them by name.
+``define_G`` and ``define_D`` build any of them by name; ``build_generator``,
+``build_discriminator`` and ``build_networks`` build them from a run's config (training,
+inference, export and serve all go through them), and ``generator_multiple`` and
+``discriminator_min_side`` say what image sizes they take.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -38,12 +42,20 @@ __all__ = [
     "init_weights",
     "define_G",
     "define_D",
+    "NETWORK_NAMES",
+    "NetworkConfig",
+    "build_generator",
+    "build_discriminator",
+    "build_networks",
+    "generator_multiple",
+    "discriminator_min_side",
     "GENERATORS",
     "DISCRIMINATORS",
     "NORMS",
     "INIT_TYPES",
 ]
 
+NETWORK_NAMES = ("G_AB", "G_BA", "D_A", "D_B")  # the four networks of a run, in the order they are built
 GENERATORS = ("resnet", "unet_128", "unet_256")
 DISCRIMINATORS = ("reference", "basic", "n_layers", "pixel")
 NORMS = ("instance", "batch", "none")
@@ -434,3 +446,76 @@ def define_D(
     else:
         raise ValueError(f"unknown discriminator {netD!r}: use one of {', '.join(DISCRIMINATORS)}")
     return init_weights(net, init_type, init_gain)
+
+
+def generator_multiple(netG: str) -> int:
+    """What the height and width of a generator's input must be a multiple of: 4 for the ResNet
+    generators (two stride-2 downsamplings), ``2 ** 7`` and ``2 ** 8`` for the U-Nets."""
+    if netG in ("unet_128", "unet_256"):
+        return 2 ** (7 if netG == "unet_128" else 8)
+    return 4
+
+
+def discriminator_min_side(netD: str, n_layers_D: int = 3) -> int:
+    """The smallest square side a discriminator takes: ``3 * 2 ** n`` for an n-layer PatchGAN
+    (``basic``: 3 layers), 32 for the reference's (its output is side // 16 a side, and its last
+    instance norm needs more than one value), 1 for the pixel discriminator."""
+    if netD in ("basic", "n_layers"):
+        return 3 * 2 ** (3 if netD == "basic" else n_layers_D)
+    return 32 if netD == "reference" else 1
+
+
+class NetworkConfig(Protocol):
+    """The settings the builders read (``options.TrainConfig`` has them all)."""
+
+    netG: str
+    upsample: str
+    ngf: int
+    use_dropout: bool
+    n_residual_blocks: int
+    netD: str
+    n_layers_D: int
+    ndf: int
+    norm: str
+    init_type: str
+    init_gain: float
+    img_height: int
+    img_width: int
+
+    @property
+    def channels_A(self) -> int: ...
+
+    @property
+    def channels_B(self) -> int: ...
+
+
+def build_generator(config: NetworkConfig, direction: str = "AtoB") -> nn.Module:
+    """G_AB (``AtoB``) or G_BA (``BtoA``) of a run, initialised as the config says."""
+    if direction not in ("AtoB", "BtoA"):
+        raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
+    a, b = config.channels_A, config.channels_B
+    source, target = (a, b) if direction == "AtoB" else (b, a)
+    return define_G(config.netG, source, target, n_blocks=config.n_residual_blocks, ngf=config.ngf,
+                    norm=config.norm, use_dropout=config.use_dropout, upsample=config.upsample,
+                    init_type=config.init_type, init_gain=config.init_gain)
+
+
+def build_discriminator(config: NetworkConfig, domain: str) -> nn.Module:
+    """D_A (``domain="A"``) or D_B of a run, initialised as the config says."""
+    if domain not in ("A", "B"):
+        raise ValueError(f"domain must be A or B, got {domain!r}")
+    channels = config.channels_A if domain == "A" else config.channels_B
+    return define_D(config.netD, (channels, config.img_height, config.img_width), ndf=config.ndf,
+                    n_layers_D=config.n_layers_D, norm=config.norm, init_type=config.init_type,
+                    init_gain=config.init_gain)
+
+
+def build_networks(config: NetworkConfig) -> dict[str, nn.Module]:
+    """G_AB, G_BA, D_A, D_B for the config, initialised (by default N(0, 0.02), as the reference),
+    in that order (the order the random initialisation draws in)."""
+    return {  # NETWORK_NAMES
+        "G_AB": build_generator(config, "AtoB"),
+        "G_BA": build_generator(config, "BtoA"),
+        "D_A": build_discriminator(config, "A"),
+        "D_B": build_discriminator(config, "B"),
+    }

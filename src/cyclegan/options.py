@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import DISCRIMINATORS, INIT_TYPES, NORMS
+from cyclegan.models import DISCRIMINATORS, INIT_TYPES, NORMS, discriminator_min_side, generator_multiple
 
 __all__ = ["TrainConfig", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
            "GAN_MODES"]
@@ -111,6 +111,13 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "TrainConfig":
+        """The config a run saved (``config.json``, a checkpoint's metadata): keys this version
+        does not know are left out, and those it lacks (an older run's) take their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     @property
     def channels_A(self) -> int:
@@ -278,7 +285,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _config_file_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
+# The official names that map onto TrainConfig fields (``_resolve_aliases``); flags of their own.
+ALIAS_FLAGS = ("crop_size", "epoch_count", "n_epochs_decay")
+# The keys a --config file may hold: every field's flag and the aliases.
+CONFIG_FILE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) | frozenset(ALIAS_FLAGS)
+# The on/off flags (``store_true``): a file gives them as true or false.
+BOOLEAN_FLAGS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool"))
+
+
+def _config_file_argv(path: str) -> list[str]:
     """A YAML (or JSON) file of options as command-line tokens."""
     import yaml
 
@@ -293,15 +308,14 @@ def _config_file_argv(path: str, parser: argparse.ArgumentParser) -> list[str]:
         return []
     if not isinstance(values, dict):
         raise CycleGANError(f"--config {file}: expected a mapping of option names to values")
-    known = {a.dest: a for a in parser._actions}
     tokens: list[str] = []
     for key, value in values.items():
-        action = known.get(str(key))
-        if action is None or key in ("help", "config", "print_config"):
+        key = str(key)
+        if key not in CONFIG_FILE_KEYS:
             raise CycleGANError(f"--config {file}: unknown option {key!r} (keys are flag names without the dashes)")
         if value is None:
             continue
-        if isinstance(action, argparse._StoreTrueAction):
+        if key in BOOLEAN_FLAGS:
             if not isinstance(value, bool):
                 raise CycleGANError(f"--config {file}: {key} must be true or false, got {value!r}")
             if value:
@@ -368,7 +382,7 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
     config_file = cli.pop("config", None)
     from_file: dict[str, Any] = {}
     if config_file:
-        from_file = vars(parser.parse_args(_config_file_argv(config_file, parser)))
+        from_file = vars(parser.parse_args(_config_file_argv(config_file)))
         for key in (*INVOCATION_FIELDS, "print_config", "config"):
             from_file.pop(key, None)
         from_file = _resolve_aliases(from_file)
@@ -389,6 +403,13 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
 
 def validate(config: TrainConfig) -> None:
     """Refuse settings that cannot work, naming the flag and what to do."""
+    _check_images_and_networks(config)
+    _check_numbers(config)
+    _check_combinations(config)
+
+
+def _check_images_and_networks(config: TrainConfig) -> None:
+    """Channels, image sizes and the sizes the networks and transforms need."""
     if config.channels not in (1, 3):
         raise CycleGANError(f"--channels {config.channels}: use 1 (grey) or 3 (RGB)")
     for flag in ("input_nc", "output_nc"):
@@ -413,7 +434,7 @@ def validate(config: TrainConfig) -> None:
             "one value per channel; make one side at least 32"
         )
     if config.netG.startswith("unet"):
-        size = 2 ** (7 if config.netG == "unet_128" else 8)
+        size = generator_multiple(config.netG)
         if config.img_height % size or config.img_width % size:
             raise CycleGANError(
                 f"--netG {config.netG} halves the image {size.bit_length() - 1} times: --img_height and --img_width "
@@ -435,6 +456,10 @@ def validate(config: TrainConfig) -> None:
             )
     if config.load_size is not None and config.load_size < 1:
         raise CycleGANError(f"--load_size {config.load_size}: use a positive size")
+
+
+def _check_numbers(config: TrainConfig) -> None:
+    """Counts, rates and weights within their ranges."""
     positive = {"batch_size": 1, "n_epochs": 1, "sample_interval": 1, "log_interval": 1, "ngf": 1, "ndf": 1,
                 "n_layers_D": 1, "lr_decay_iters": 1}
     for flag, low in positive.items():
@@ -467,6 +492,10 @@ def validate(config: TrainConfig) -> None:
     for flag in ("lambda_cyc", "lambda_id", "lambda_gp", "init_gain"):
         if getattr(config, flag) < 0:
             raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 or more")
+
+
+def _check_combinations(config: TrainConfig) -> None:
+    """Options that cannot go together."""
     if config.gan_mode == "wgangp" and config.pool_size > 0:
         raise CycleGANError(
             f"--gan_mode wgangp with --pool_size {config.pool_size}: the Wasserstein critic estimates the distance "
@@ -480,12 +509,12 @@ def validate(config: TrainConfig) -> None:
         )
     if config.netD in ("basic", "n_layers"):
         layers = 3 if config.netD == "basic" else config.n_layers_D
-        if min(config.img_height, config.img_width) // 2**layers < 3:
+        side = discriminator_min_side(config.netD, config.n_layers_D)
+        if min(config.img_height, config.img_width) < side:
             raise CycleGANError(
-                f"--netD {config.netD} with {layers} layers needs images of at least {3 * 2**layers} pixels a side "
+                f"--netD {config.netD} with {layers} layers needs images of at least {side} pixels a side "
                 f"(got {config.img_height}x{config.img_width}): use fewer --n_layers_D or larger images"
             )
-
 
 def describe(config: TrainConfig) -> str:
     """The config as YAML text."""

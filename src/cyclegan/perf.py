@@ -1,4 +1,5 @@
-"""Speed settings of a run and the measures of how fast it goes.
+"""How fast a training step runs: the speed settings of a run, the faster layers that compute
+the same function, and the measures of its speed.
 
 - ``resolve_speed``: what ``--amp``, ``--channels_last`` and ``--compile`` mean on the device
   found (``auto`` picks what is fastest and safe there), and the CUDA backend switches (TF32,
@@ -23,9 +24,11 @@ import torch
 from torch import nn
 
 from cyclegan.errors import CycleGANError
+from cyclegan.models import build_networks
+from cyclegan.step import train_step
 
 __all__ = ["Speed", "resolve_speed", "prepare_networks", "exact_fast_layers", "subpixel_upsample_convs",
-           "UpsampleConv2d", "matmul_peak_gflops", "step_flops", "adam"]
+           "UpsampleConv2d", "matmul_peak_gflops", "step_flops"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
@@ -82,8 +85,7 @@ def exact_fast_layers(net: nn.Module) -> nn.Module:
     autograd copy that gradient twice in backward (``CopySlices``); its input has no other user,
     so the result is the same. Other in-place activations are left alone: in the official U-Net,
     for example, they modify tensors that skip connections also carry.
-
-    On this project's 2-core CPU this makes the 64x64 training step about 2% faster."""
+"""
     for parent in net.modules():
         if isinstance(parent, nn.Sequential):
             previous = None
@@ -149,6 +151,16 @@ class UpsampleConv2d(nn.Conv2d):
     Elsewhere (a GPU, another layout, ``torch.compile``) it upsamples and convolves as
     ``nn.Upsample`` and ``nn.Conv2d`` do. Its parameters are the convolution's own."""
 
+    @classmethod
+    def sharing(cls, conv: nn.Conv2d) -> "UpsampleConv2d":
+        """A layer over ``conv``'s parameters (the same objects: optimizers built before still
+        update them), in its train or eval mode."""
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode, device="meta")
+        layer.weight = conv.weight
+        layer.bias = conv.bias
+        return layer.train(conv.training)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
                 and not torch.jit.is_scripting() and not torch.compiler.is_compiling()):
@@ -178,18 +190,14 @@ def subpixel_upsample_convs(net: nn.Module) -> nn.Module:
     In place; returns ``net``. The convolution module keeps its parameters (the same objects)
     and its name, so the state dict, its keys and optimizers built before are unchanged.
 
-    The reference generator's two upsampling layers are such pairs. On this project's 2-core CPU
-    the training step is 1.06x as fast with them at 64x64 batch 1, 1.10x at 128x128 and 1.12x at
-    256x256 (paired runs in one process)."""
-    for parent in net.modules():
-        if not isinstance(parent, nn.Sequential):
-            continue
-        names = [name for name, _ in parent.named_children()]
-        for first, second in zip(names, names[1:]):
-            up, conv = parent._modules[first], parent._modules[second]
+    The reference generator's two upsampling layers are such pairs (docs/benchmarks.md has what
+    they gain)."""
+    for parent in [m for m in net.modules() if isinstance(m, nn.Sequential)]:
+        children = list(parent.named_children())
+        for (first, up), (second, conv) in zip(children, children[1:]):
             if _nearest_2x(up) and _plain_3x3_conv(conv):
-                conv.__class__ = UpsampleConv2d  # a subclass with no state of its own: nothing else changes
-                parent._modules[first] = nn.Identity()
+                setattr(parent, first, nn.Identity())
+                setattr(parent, second, UpsampleConv2d.sharing(conv))
     return net
 
 
@@ -205,16 +213,6 @@ def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: tor
     if speed.compile:
         for net in nets.values():
             net.compile()
-
-
-def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
-    """Adam, fused into one kernel where this torch and device have it (else ``foreach``): the
-    same update rule as the reference's Adam, fewer passes over memory."""
-    params = list(params)
-    try:
-        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
-    except (RuntimeError, ValueError):  # an older torch, or a device without the fused kernel
-        return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
 
 
 def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
@@ -267,7 +265,6 @@ def step_flops(config: Any, batch_size: int | None = None) -> int:
     follow ``autograd.grad``), so for ``wgangp`` this is a lower bound."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cyclegan.train import _train_step, build_networks
 
     n = batch_size or config.batch_size
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
@@ -277,6 +274,6 @@ def step_flops(config: Any, batch_size: int | None = None) -> int:
         optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B")}
         with FlopCounterMode(display=False) as counter:
             gan_mode = "lsgan" if config.gan_mode == "wgangp" else config.gan_mode
-            _train_step(nets, optimizers, {"A": None, "B": None}, real_A, real_B, config.lambda_cyc,
+            train_step(nets, optimizers, {"A": None, "B": None}, real_A, real_B, config.lambda_cyc,
                        config.lambda_id, gan_mode)
     return int(counter.get_total_flops())

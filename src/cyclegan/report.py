@@ -20,8 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cyclegan.checkpoint import newest_checkpoint
 from cyclegan.errors import CycleGANError
 from cyclegan.logger import read_metrics
+from cyclegan.runtime import run_command
 from cyclegan.utils import atomic_write
 
 __all__ = ["write_report", "main"]
@@ -117,8 +119,6 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         parts.append("<p>No sample grid yet.</p>")
     parts.append("</div>")
     try:
-        from cyclegan.inference import newest_checkpoint
-
         latest = newest_checkpoint(run_dir)
         parts.append(f"<h2>Latest checkpoint</h2><p id='checkpoint'><code>{html.escape(str(latest))}</code></p>")
     except CycleGANError:
@@ -136,22 +136,21 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     return target
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.train import setup_logging
-
-    setup_logging()
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cyclegan report", description=(
         "Write report.html for a run folder: loss curves, sample grids, latest checkpoint, evaluation, config."))
     p.add_argument("run", help="the run folder (the --output of cyclegan train)")
     p.add_argument("--output", help="where to write the page (default: RUN/report.html)")
-    args = p.parse_args(argv)
-    try:
-        path = write_report(args.run, args.output)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    log.info("wrote %s", path)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    log.info("wrote %s", write_report(args.run, args.output))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(get_args_parser(), run, argv, log)
 
 
 if __name__ == "__main__":

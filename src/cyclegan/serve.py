@@ -23,6 +23,9 @@ import torch
 from PIL import Image
 
 from cyclegan.errors import CycleGANError
+from cyclegan.images import read_image, tensor_to_image, write_image
+from cyclegan.inference import load_generator, translate_image
+from cyclegan.runtime import resolve_device, setup_logging
 
 __all__ = ["main", "build_app", "Translator"]
 
@@ -33,8 +36,6 @@ class Translator:
     """The generators of a checkpoint, loaded once; ``__call__`` translates one image file."""
 
     def __init__(self, checkpoint: str, device: torch.device, max_pixels: int, tile: int | None = None) -> None:
-        from cyclegan.inference import load_generator
-
         self.device, self.max_pixels, self.tile = device, max_pixels, tile
         first = load_generator(checkpoint, "AtoB", device)
         self.generators = {"AtoB": first}
@@ -57,19 +58,14 @@ class Translator:
         return size
 
     def __call__(self, path: str, direction: str) -> tuple[Image.Image, str]:
-        from cyclegan.inference import translate_image
-        from cyclegan.translate import read_image, to_image
-
         self.check(path)
         gen = self.generators[direction]
         tensor, alpha, _ = read_image(Path(path), gen.in_channels)
-        result = to_image(translate_image(gen, tensor.to(self.device), self.tile)[0])
-        if alpha is not None:
-            result = result.convert("RGBA" if result.mode == "RGB" else "LA")
-            result.putalpha(alpha)
+        result = tensor_to_image(translate_image(gen, tensor.to(self.device), self.tile)[0])
         target = self.out_dir / f"{Path(path).stem}_{direction}.png"
-        result.save(target)
-        return result, str(target)
+        write_image(result, target, alpha)
+        with Image.open(target) as written:  # the page shows what the download holds (alpha included)
+            return written.copy(), str(target)
 
 
 def build_app(translator: Translator, max_upload_mb: float):
@@ -116,9 +112,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.train import setup_logging
-    from cyclegan.train import resolve_device
-
     setup_logging()
     args = get_args_parser().parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nobody

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import glob
 import html
-import io
 import logging
 import os
 import sys
@@ -26,21 +25,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from cyclegan.datasets import IMG_EXTENSIONS, list_images
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Generator, load_generator, translate_image
-from cyclegan.train import resolve_device
+from cyclegan.images import IMG_EXTENSIONS, list_images, read_image, tensor_to_image, write_image
+from cyclegan.inference import Generator, OnnxGenerator, load_generator, translate_image
+from cyclegan.runtime import resolve_device, run_command
 from cyclegan.utils import atomic_write
 
 __all__ = ["main", "get_args_parser", "collect_inputs"]
 
 log = logging.getLogger("cyclegan.translate")
 
-OUTPUT_FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
+OUTPUT_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # written in their own format; others as png
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -112,70 +110,8 @@ class Item:
 
 def output_name(name: Path, ext: str | None) -> Path:
     own = name.suffix.lower().lstrip(".")
-    chosen = ext or (own if own in OUTPUT_FORMATS else "png")
+    chosen = ext or (own if own in OUTPUT_EXTENSIONS else "png")
     return name.with_suffix("." + ("jpg" if chosen == "jpeg" else chosen))
-
-
-def read_image(path: Path, channels: int) -> tuple[torch.Tensor, Image.Image | None, tuple[int, int]]:
-    """The image as a (1, C, H, W) tensor in [-1, 1], its alpha channel if any, its size."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        img.load()
-    alpha = None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        alpha = rgba.getchannel("A")
-        img = rgba.convert("RGB")
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = Image.fromarray((np.asarray(img, dtype=np.float64) / 257).clip(0, 255).astype(np.uint8))
-    img = img.convert("L" if channels == 1 else "RGB")
-    array = np.asarray(img, dtype=np.float32) / 127.5 - 1
-    tensor = torch.from_numpy(array.copy())
-    tensor = tensor[None] if tensor.dim() == 2 else tensor.permute(2, 0, 1)
-    return tensor[None], alpha, img.size
-
-
-def to_image(tensor: torch.Tensor) -> Image.Image:
-    array = ((tensor.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    return Image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0))
-
-
-def save(image: Image.Image, path: Path, alpha: Image.Image | None) -> None:
-    fmt = OUTPUT_FORMATS[path.suffix.lower().lstrip(".")]
-    if alpha is not None and fmt in ("PNG", "WEBP"):
-        image = image.convert("RGBA" if image.mode == "RGB" else "LA")
-        image.putalpha(alpha)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **({"quality": 95} if fmt in ("JPEG", "WEBP") else {}))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as f:
-        f.write(buffer.getvalue())
-
-
-class OnnxGenerator:
-    """An exported generator run by onnxruntime, with the interface of ``Generator``."""
-
-    def __init__(self, path: Path) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise CycleGANError("--backend onnxruntime needs onnxruntime: pip install 'cyclegan[export]'") from exc
-        try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types for bad files
-            raise CycleGANError(f"--checkpoint {path}: not an ONNX model onnxruntime can load ({exc})") from exc
-        meta = self.session.get_modelmeta().custom_metadata_map
-        info = self.session.get_inputs()[0]
-        self.input_name = info.name
-        self.in_channels = int(meta.get("in_channels", info.shape[1] if isinstance(info.shape[1], int) else 3))
-        self.out_channels = int(meta.get("out_channels", 3))
-        self.multiple = int(meta.get("multiple", 4))
-        self.train_size = None
-        self.source = str(path)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})
-        return torch.from_numpy(out)
 
 
 def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
@@ -230,10 +166,10 @@ def run(args: argparse.Namespace) -> int:
         batch = torch.cat([it.tensor for it in items]).to(device)
         result = translate_image(gen, batch, args.tile, args.overlap)
         for it, out in zip(items, result):
-            image = to_image(out)
+            image = tensor_to_image(out)
             if image.size != it.size:  # --resize: back to the input's size
                 image = image.resize(it.size, Image.BICUBIC)
-            save(image, output / it.target, it.alpha)
+            write_image(image, output / it.target, it.alpha)
             done.append((it.source, it.target))
             bar.update(1)
 
@@ -268,8 +204,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from cyclegan.cli import run_command
-
     return run_command(get_args_parser(), run, argv, log)
 
 

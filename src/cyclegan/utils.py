@@ -1,9 +1,8 @@
-"""Small shared helpers: the replay buffer of past fakes, the linear-decay LR rule, image grids,
-seeding and atomic file writes."""
+"""Small shared helpers: the replay buffer of past fakes, the linear-decay LR rule (both the
+reference's), PSNR, seeding and atomic file writes."""
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import tempfile
@@ -14,14 +13,10 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 __all__ = [
     "ReplayBuffer",
     "LambdaLR",
-    "make_grid",
-    "tensor_to_image",
-    "save_image",
     "seed_everything",
     "atomic_write",
     "fsync_dir",
@@ -90,41 +85,6 @@ class LambdaLR:
         return 1.0 - max(0, epoch + self.offset - self.decay_start_epoch) / (
             self.n_epochs - self.decay_start_epoch
         )
-
-
-def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 0.0) -> torch.Tensor:
-    """Tile a batch ``(N, C, H, W)`` into one image ``(C, H', W')``, ``nrow`` images per row."""
-    if images.dim() != 4:
-        raise ValueError(f"make_grid expects a batch (N, C, H, W), got shape {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    ncol = min(nrow, n)
-    nrows = math.ceil(n / ncol)
-    grid = images.new_full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
-    for k in range(n):
-        r, q = divmod(k, ncol)
-        top, left = padding + r * (h + padding), padding + q * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[k]
-    return grid
-
-
-def tensor_to_image(image: torch.Tensor) -> Image.Image:
-    """A ``(C, H, W)`` tensor in [-1, 1] (C = 1 or 3) as an 8-bit Pillow image."""
-    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    array_np = array.permute(1, 2, 0).numpy()
-    if array_np.shape[2] == 1:
-        return Image.fromarray(array_np[:, :, 0], mode="L")
-    return Image.fromarray(array_np, mode="RGB")
-
-
-def save_image(image: torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Write a ``(C, H, W)`` tensor in [-1, 1] to ``path`` atomically; the format follows the suffix."""
-    path = Path(path)
-    pil = tensor_to_image(image)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"cannot tell the image format of {path}: use .png, .jpg or .webp")
-    with atomic_write(path) as f:
-        pil.save(f, format=fmt)
 
 
 def psnr(images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

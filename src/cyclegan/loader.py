@@ -1,0 +1,142 @@
+"""What a run trains on: the dataset folder the flags name (or the built-in demo data), its
+images checked before any step, the training and sample sets, and the data loader whose order
+is a function of the seed and the position (``datasets.EpochSampler``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from cyclegan import datasets
+from cyclegan.errors import CycleGANError
+from cyclegan.images import scan_images
+from cyclegan.models import discriminator_min_side
+from cyclegan.options import TrainConfig
+
+__all__ = ["RunData", "choose_dataset", "open_run_data", "make_loader", "sample_batch"]
+
+log = logging.getLogger("cyclegan.train")
+
+
+@dataclass
+class RunData:
+    root: Path
+    train: datasets.ImageDataset
+    val: datasets.ImageDataset
+    demo: bool
+
+
+def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None:
+    """The dataset folder the flags name, or None for the built-in demo data.
+
+    The demo data are used for ``--dataset_name demo``, and when neither ``--dataroot`` nor
+    ``--dataset_name`` is given and the reference's default ``data/monet2photo`` does not exist.
+    """
+    if config.dataroot is not None:
+        root = Path(config.dataroot)
+        if not root.exists():
+            raise CycleGANError(
+                f"--dataroot {root}: the folder does not exist; give the folder that holds train/A and "
+                "train/B (or trainA and trainB)"
+            )
+        return root
+    if config.dataset_name == datasets.DEMO_DATASET:
+        return None
+    root = Path("data") / config.dataset_name
+    if root.exists():
+        return root
+    if not dataset_name_given:
+        log.info("no dataset given and %s does not exist: training on the built-in demo data", root)
+        config.dataset_name = datasets.DEMO_DATASET
+        return None
+    raise CycleGANError(
+        f"--dataset_name {config.dataset_name}: {root} does not exist; put the dataset there "
+        "(train/A and train/B, or trainA and trainB) or give its folder with --dataroot"
+    )
+
+
+def demo_root(run_dir: Path) -> Path:
+    """Where a run on the demo data keeps them."""
+    return run_dir / "demo_data"
+
+
+def write_demo_data(config: TrainConfig, run_dir: Path) -> None:
+    """Write the demo data into the run folder unless they are there."""
+    root = demo_root(run_dir)
+    if not datasets.has_split(root, "train"):
+        datasets.write_demo_dataset(root, size=max(config.img_height, config.img_width))
+
+
+def open_run_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunData:
+    """Open the dataset (writing the demo data when ``root`` is None) and check every image."""
+    demo = root is None
+    if root is None:
+        write_demo_data(config, run_dir)
+        root = demo_root(run_dir)
+    h, w = config.img_height, config.img_width
+    options = dict(channels=config.channels_A, channels_B=config.channels_B, direction=config.direction,
+                   max_dataset_size=config.max_dataset_size)
+    train_set = datasets.ImageDataset(
+        root,
+        datasets.build_transforms(config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A),
+        unaligned=not config.serial_batches, mode="train", **options,
+    )
+    val_mode = "test" if datasets.has_split(root, "test") else "train"
+    val_set = datasets.ImageDataset(
+        root, datasets.test_transforms(h, w, config.channels_A), unaligned=False, mode=val_mode, **options
+    )
+    check_images(config, train_set, val_set)
+    return RunData(root, train_set, val_set, demo)
+
+
+def check_images(config: TrainConfig, *sets: datasets.ImageDataset) -> None:
+    """Decode every file of the sets before training; stop with the list of those that fail
+    (``--bad_images error``), or leave them out (``skip``)."""
+    if config.preprocess in ("none", "scale_width"):  # sizes vary: the discriminator's minimum
+        side = max(32, discriminator_min_side(config.netD, config.n_layers_D))
+        min_size, min_label = (side, side), "the discriminator's minimum"
+    else:
+        min_size, min_label = (config.img_width, config.img_height), "the crop (--img_width x --img_height)"
+    files = sorted({p for ds in sets for p in ds.files_A + ds.files_B})
+    workers = max(1, min(8, os.cpu_count() or 1))
+    problems = scan_images(files, workers, sys.stderr.isatty(), min_size, min_label)
+    if not problems:
+        return
+    listing = "\n".join(f"  {path}: {reason}" for path, reason in problems)
+    if config.bad_images == "error":
+        raise CycleGANError(
+            f"{len(problems)} of {len(files)} image files cannot be used; fix or remove them, or pass "
+            f"--bad_images skip to leave them out:\n{listing}"
+        )
+    log.warning("leaving out %d of %d image files (--bad_images skip):\n%s", len(problems), len(files), listing)
+    bad = {path for path, _ in problems}
+    for ds in sets:
+        ds.exclude(bad)
+        for folder, kept in ((ds.dir_A, ds.files_A), (ds.dir_B, ds.files_B)):
+            if not kept:
+                raise CycleGANError(f"{folder}: no usable image is left once the bad files are left out")
+
+
+def make_loader(dataset: datasets.ImageDataset, config: TrainConfig, rank: int, world_size: int,
+                pin_memory: bool) -> tuple[DataLoader, datasets.EpochSampler]:
+    """The training loader of this rank and its sampler (``set_epoch`` before each epoch)."""
+    workers = min(config.n_cpu, os.cpu_count() or 1)
+    sampler = datasets.EpochSampler(len(dataset), config.seed, shuffle=not config.serial_batches,
+                                    rank=rank, world_size=world_size, batch_size=config.batch_size)
+    loader = DataLoader(
+        dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
+        generator=torch.Generator().manual_seed(config.seed),  # workers' seeds drawn from it, not the global RNG
+        pin_memory=pin_memory, persistent_workers=workers > 0,
+    )
+    return loader, sampler
+
+
+def sample_batch(val: datasets.ImageDataset, count: int = 5) -> dict[str, torch.Tensor]:
+    """The first ``count`` sample images (the test split's when there is one): the same every time."""
+    return torch.utils.data.default_collate([val[k] for k in range(min(count, len(val)))])

@@ -1,0 +1,221 @@
+"""Where a run starts: a new run's folder, the reference's ``--epoch N`` restart (weights
+only), or ``--resume`` (everything: the config merged with the flags given now, the networks,
+optimizers, schedulers, replay buffers, RNG states and position), and the training state a run
+checkpoint records for it."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cyclegan.checkpoint import (
+    buffers_state,
+    checkpoint_path,
+    clean_run_checkpoints,
+    list_checkpoints,
+    list_run_checkpoints,
+    load_buffers_state,
+    load_checkpoint,
+    load_latest_run_checkpoint,
+    load_run_checkpoint,
+    rng_state,
+    set_aside,
+    set_rng_state,
+)
+from cyclegan.errors import CycleGANError
+from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig
+from cyclegan.utils import LambdaLR, ReplayBuffer
+
+__all__ = ["Start", "resume_point", "restart_point", "prepare_run_dir", "check_same_architecture",
+           "training_state", "restore_training_state", "SCHEDULE_FIELDS"]
+
+log = logging.getLogger("cyclegan.train")
+
+# Flags that, changed on --resume, change the optimizers' rates and the schedule.
+SCHEDULE_FIELDS = ("lr", "b1", "b2", "n_epochs", "decay_epoch", "lr_policy", "lr_decay_iters")
+
+
+@dataclass
+class Start:
+    """What a run starts from: its config and folder, and for a restart or a resumed run the
+    checkpoint, its networks' weights, its training state (``--resume`` only) and the flags
+    changed on resume."""
+
+    config: TrainConfig
+    run_dir: Path
+    path: Path | None = None
+    net_states: dict[str, dict[str, torch.Tensor]] | None = None
+    state: dict[str, Any] | None = None
+    changed: dict[str, Any] = field(default_factory=dict)
+
+
+def default_run_dir(config: TrainConfig) -> Path:
+    return Path(config.output) if config.output else Path("runs") / config.dataset_name
+
+
+def prepare_run_dir(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to start a new run over an existing one unless asked to; with ``--overwrite``, clear
+    the old run's checkpoints and samples so that nothing of it can be mistaken for the new one."""
+    if config.epoch == 0 and (run_dir / "config.json").exists():
+        if not config.overwrite:
+            raise CycleGANError(
+                f"run folder {run_dir} already holds a run (config.json): continue it with --resume, "
+                "choose another --output, or pass --overwrite to start over in it"
+            )
+        for name in ("checkpoints", "samples"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        (run_dir / "diverged_batch.txt").unlink(missing_ok=True)
+
+
+def check_same_architecture(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
+    """Refuse to load a checkpoint into networks configured differently, listing every difference."""
+    defaults = TrainConfig()
+    diffs = [
+        f"--{k} {getattr(config, k)} (checkpoint: {saved.get(k, getattr(defaults, k))})"
+        for k in ARCHITECTURE_FIELDS
+        if saved.get(k, getattr(defaults, k)) != getattr(config, k)
+    ]
+    if diffs:
+        raise CycleGANError(
+            f"{path} was trained with other network options; give the checkpoint's: " + ", ".join(diffs)
+        )
+
+
+def restart_point(config: TrainConfig, run_dir: Path) -> Start:
+    """The reference's restart, ``--epoch N``: the networks saved after N epochs, nothing else."""
+    ckpt = checkpoint_path(run_dir, config.epoch)
+    if not ckpt.is_file():
+        saved = ", ".join(str(e) for e in list_checkpoints(run_dir)) or "none"
+        raise CycleGANError(f"--epoch {config.epoch}: no checkpoint {ckpt} (epochs saved in {run_dir}: {saved})")
+    net_states, meta = load_checkpoint(ckpt)
+    check_same_architecture(config, meta.get("config", {}), ckpt)
+    return Start(config, run_dir, ckpt, net_states)
+
+
+def _find_run_checkpoint(config: TrainConfig, explicit: set[str], is_main: bool) -> tuple[Path, Path, dict, dict]:
+    """The run folder and the run checkpoint ``--resume`` names: the newest valid one of the run
+    folder, or the folder given (later ones are then set aside)."""
+    given = Path(config.resume).resolve() if config.resume != "latest" else None
+    if given is not None and (given / "checkpoints").is_dir():  # a run folder
+        config.output, given = str(given), None
+    if given is None:
+        run_dir = default_run_dir(config)
+        if is_main:
+            clean_run_checkpoints(run_dir)
+        path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning if is_main else None,
+                                                         set_aside_damaged=is_main)
+        return run_dir, path, states, state
+    if given.suffix == ".safetensors" and given.name.startswith("epoch_"):
+        raise CycleGANError(
+            f"--resume {given}: that file holds the networks only; continue from it with --epoch "
+            f"{given.stem.removeprefix('epoch_')} (or resume from a folder under checkpoints/resume)"
+        )
+    states, state = load_run_checkpoint(given)
+    path = given if given.is_dir() else given.parent
+    run_dir = Path(config.output) if "output" in explicit else path.parent.parent.parent
+    if is_main:  # checkpoints after the one resumed from belong to an abandoned future
+        for newer in list_run_checkpoints(run_dir):
+            if int(newer.name.removeprefix("step_")) > state["step"]:
+                log.warning("set aside %s (newer than the checkpoint resumed from)", set_aside(newer, "abandoned"))
+    return run_dir, path, states, state
+
+
+def resume_point(config: TrainConfig, explicit: set[str], is_main: bool = True) -> Start:
+    """``--resume``: the run's checkpoint, and its config overridden by the flags given now
+    (``explicit``; network flags cannot change)."""
+    run_dir, path, states, state = _find_run_checkpoint(config, explicit, is_main)
+    saved = state["config"]
+    defaults = TrainConfig().to_json()
+    merged = {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in INVOCATION_FIELDS}}
+    changed = {k: getattr(config, k) for k in explicit if k in defaults and getattr(config, k) != merged.get(k)}
+    changed.pop("resume", None)
+    check_same_architecture(TrainConfig(**{**merged, **changed}), saved, path)
+    for k, v in changed.items():
+        if k not in ("output", *INVOCATION_FIELDS):
+            log.info("on resume: --%s %s (the run had %s)", k, v, merged.get(k))
+    merged.update(changed)
+    merged["resume"], merged["output"] = config.resume, str(run_dir)
+    return Start(TrainConfig(**merged), run_dir, path, states, state, changed)
+
+
+def apply_schedule_changes(optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                           config: TrainConfig, old_lr: float) -> None:
+    """After loading a run's optimizer and scheduler states, make flags changed on resume count:
+    betas, the base learning rate and the schedule, with the rate of the current epoch recomputed.
+    (The schedulers' ``get_last_lr()`` shows the new rate from their next step on.)"""
+    for name, opt in optimizers.items():
+        sched = schedulers[name]
+        epoch = getattr(sched, "last_epoch", 0)
+        for group in opt.param_groups:
+            group["betas"] = (config.b1, config.b2)
+            group["initial_lr"] = config.lr
+            if config.lr_policy == "linear":
+                group["lr"] = config.lr * LambdaLR(config.n_epochs, config.epoch, config.decay_epoch).step(epoch)
+            elif config.lr_policy == "step":
+                sched.step_size = config.lr_decay_iters
+                group["lr"] = config.lr * 0.1 ** (epoch // config.lr_decay_iters)
+            elif config.lr_policy == "cosine":
+                sched.T_max = config.n_epochs
+                group["lr"] = config.lr * (1 + math.cos(math.pi * min(epoch, config.n_epochs) / config.n_epochs)) / 2
+            else:  # plateau: keep its reductions, rescaled to the new base rate
+                group["lr"] = group["lr"] * config.lr / old_lr
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [config.lr] * len(opt.param_groups)
+
+
+@dataclass
+class Position:
+    """Where a run is: the epoch and batch it continues at, the steps done, and the generator
+    losses summed over the epoch so far (for ``--lr_policy plateau``)."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    loss_G_sum: float = 0.0
+
+
+def training_state(position: Position, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                   buffers: dict[str, ReplayBuffer | None], scaler: Any, config: TrainConfig) -> dict[str, Any]:
+    """What a run checkpoint's ``state.pt`` holds besides the networks."""
+    return {
+        "format": 1, "epoch": position.epoch, "batch": position.batch, "step": position.step,
+        "loss_G_sum": position.loss_G_sum,
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+        "buffers": buffers_state(buffers), "rng": rng_state(), "config": config.to_json(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+    }
+
+
+def restore_training_state(start: Start, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
+                           buffers: dict[str, ReplayBuffer | None], scaler: Any, device: torch.device) -> Position:
+    """Load a resumed run's state into the freshly built objects (the RNG states last) and
+    apply the schedule flags changed on resume; returns where the run continues."""
+    state = start.state
+    assert state is not None
+    for k, opt in optimizers.items():
+        opt.load_state_dict(state["optimizers"][k])
+    for k, sched in schedulers.items():
+        sched.load_state_dict(state["schedulers"][k])
+    load_buffers_state(buffers, state["buffers"], device)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    position = Position(state["epoch"], state["batch"], state["step"], state.get("loss_G_sum", 0.0))
+    set_rng_state(state["rng"])
+    if any(k in start.changed for k in SCHEDULE_FIELDS):
+        apply_schedule_changes(optimizers, schedulers, start.config, state["config"].get("lr", start.config.lr))
+    return position
+
+
+def load_networks(nets: dict[str, nn.Module], start: Start) -> None:
+    """The start's weights into the freshly built networks (nothing for a new run)."""
+    if start.net_states is not None:
+        for name, net in nets.items():
+            net.load_state_dict(start.net_states[name])

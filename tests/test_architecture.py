@@ -1,0 +1,139 @@
+"""The house rules, kept by a test: every module has a place in the data flow and imports only
+modules below it (so there is no import cycle, not even through an import inside a function),
+no function outgrows a screen or two, and nothing writes to other libraries' private parts."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cyclegan"
+
+# The data flow, lowest first (docs/architecture.md draws it): a module may import only modules
+# of a lower layer. Files -> data -> networks -> config -> step and checkpoints -> loop ->
+# inference -> commands.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors",),
+    ("runtime", "utils"),
+    ("images",),
+    ("datasets", "models", "losses", "distributed"),
+    ("__init__",),
+    ("options",),
+    ("step", "checkpoint", "logger"),
+    ("perf", "loader", "resume", "report"),
+    ("train", "inference"),
+    ("translate", "evaluate", "export", "serve", "demo"),
+    ("cli",),
+    ("__main__",),
+]
+RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
+LONGEST_FUNCTION = 80
+FLAT_DECLARATIONS = {"get_args_parser"}  # argument parsers: one add_argument after another
+
+
+def modules() -> dict[str, ast.Module]:
+    return {p.stem: ast.parse(p.read_text(), filename=str(p)) for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def imported(tree: ast.AST, top_level_only: bool = False) -> set[str]:
+    """The package's modules that ``tree`` imports (names defined in ``cyclegan/__init__.py``
+    count as ``__init__``)."""
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "cyclegan":
+            names = [f"cyclegan.{a.name}" for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "cyclegan":
+                module = parts[1] if len(parts) > 1 else "__init__"
+                found.add(module if (PACKAGE / f"{module}.py").is_file() else "__init__")
+    return found
+
+
+def test_every_module_has_a_place_in_the_layers():
+    assert sorted(modules()) == sorted(RANK), "add new modules to LAYERS (and docs/architecture.md)"
+
+
+def test_modules_import_only_from_lower_layers():
+    wrong = [f"{name} (layer {RANK[name]}) imports {other} (layer {RANK[other]})"
+             for name, tree in modules().items() for other in sorted(imported(tree))
+             if other != name and RANK[other] >= RANK[name]]
+    assert not wrong, "\n".join(wrong)
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("top_level_only", [True, False], ids=["module-level", "with-function-level"])
+def test_no_import_cycles(top_level_only):
+    graph = {name: imported(tree, top_level_only) - {name} for name, tree in modules().items()}
+    graph["__init__"] -= {"__init__"}
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_function_is_longer_than_two_screens():
+    long = [f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+            for name, tree in modules().items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name not in FLAT_DECLARATIONS
+            and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION]
+    assert not long, "\n".join(long)
+
+
+def test_no_writes_to_private_attributes_of_other_objects():
+    """``obj._name = ...`` or ``obj.__class__ = ...`` on anything but ``self`` / ``ctx``."""
+    found = []
+    for name, tree in modules().items():
+        for node in ast.walk(tree):
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+            for target in targets:
+                if isinstance(target, ast.Subscript):
+                    target = target.value
+                if (isinstance(target, ast.Attribute) and target.attr.startswith("_")
+                        and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "ctx", "cls"))):
+                    found.append(f"{name}.py:{node.lineno}: {ast.unparse(target)}")
+    assert not found, "\n".join(found)
+
+
+def test_docstrings_quote_no_benchmark_figures():
+    """Measured speed-ups go stale with the machine: they belong in docs/benchmarks.md."""
+    figure = re.compile(r"\b\d+(\.\d+)?x (as fast|faster)|\b\d+% faster|on this project's .*CPU")
+    found = [f"{name}: {ast.get_docstring(node)[:60]!r}" for name, tree in modules().items()
+             for node in ast.walk(tree)
+             if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
+             and ast.get_docstring(node) and figure.search(ast.get_docstring(node))]
+    assert not found, "\n".join(found)
