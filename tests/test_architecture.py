@@ -17,15 +17,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cyclegan"
 # inference -> commands.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("runtime", "utils"),
-    ("images",),
+    ("runtime", "utils", "zoo"),
+    ("images", "fetch"),
     ("datasets", "models", "losses", "distributed"),
     ("__init__",),
     ("options",),
     ("step", "checkpoint", "logger"),
     ("perf", "loader", "resume", "report"),
     ("train", "inference"),
-    ("translate", "evaluate", "export", "serve", "demo"),
+    ("translate", "evaluate", "export", "serve", "demo", "download"),
     ("cli",),
     ("__main__",),
 ]

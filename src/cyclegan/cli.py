@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("cyclegan.export", "export a generator to ONNX or TorchScript, checked against PyTorch"),
     "report": ("cyclegan.report", "write report.html for a run: loss curves, sample grids, checkpoint, config"),
     "serve": ("cyclegan.serve", "a web page (Gradio) to try a trained model in the browser"),
+    "download": ("cyclegan.download", "fetch an official dataset, pretrained generator or the FID network, safely"),
     "evaluate": ("cyclegan.evaluate", "FID and KID against real images; PSNR, SSIM, L1 with paired truth; cycle error"),
 }
 

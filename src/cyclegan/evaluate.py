@@ -5,9 +5,9 @@
 
 - FID and KID between the translated images and real images of the target domain, on the
   2048-d pool features of the standard FID Inception network (``inception-2015-12-05.pt``, the
-  TorchScript file StyleGAN2-ADA, StyleGAN3 and clean-fid use). Nothing is downloaded: the file
-  is read from ``--inception``, ``$CYCLEGAN_INCEPTION`` or ``~/.cache/cyclegan/``, and when it is
-  missing the error says where to put it. Images are resized to 299x299 (bicubic) first.
+  TorchScript file StyleGAN2-ADA, StyleGAN3 and clean-fid use). Nothing is downloaded here: the
+  file is read from ``--inception``, ``$CYCLEGAN_INCEPTION`` or ``~/.cache/cyclegan/`` (where
+  ``cyclegan download inception`` puts it), and when it is missing the error names that command. Images are resized to 299x299 (bicubic) first.
 - With ``--paired DIR`` (ground truth named as the inputs, as in the paper's Cityscapes
   protocol): PSNR, SSIM and L1 of each translation against its truth.
 - With a checkpoint holding both generators: the cycle-consistency error, the mean absolute
@@ -27,7 +27,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -44,23 +43,12 @@ from cyclegan.images import list_images, read_image, tensor_to_image
 from cyclegan.inference import load_generator, translate_image
 from cyclegan.runtime import resolve_device, run_command
 from cyclegan.utils import atomic_write
+from cyclegan.zoo import INCEPTION_FILE, INCEPTION_URL, inception_locations
 
 __all__ = ["main", "get_args_parser", "InceptionFeatures", "find_inception", "compute_metrics", "fid_from_features"]
 
 log = logging.getLogger("cyclegan.evaluate")
 
-INCEPTION_FILE = "inception-2015-12-05.pt"
-INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
-
-
-def inception_locations() -> list[Path]:
-    places = []
-    if os.environ.get("CYCLEGAN_INCEPTION"):
-        places.append(Path(os.environ["CYCLEGAN_INCEPTION"]))
-    places.append(Path.home() / ".cache" / "cyclegan" / INCEPTION_FILE)
-    torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    places.append(torch_home / "hub" / "checkpoints" / INCEPTION_FILE)
-    return places
 
 
 def find_inception(given: str | None) -> Path:
@@ -69,15 +57,15 @@ def find_inception(given: str | None) -> Path:
         path = Path(given)
         if not path.is_file():
             raise CycleGANError(f"--inception {path}: no such file. FID and KID need the FID Inception network "
-                                f"{INCEPTION_FILE} (TorchScript, 91 MB) from {INCEPTION_URL}")
+                                f"{INCEPTION_FILE} (TorchScript, 91 MB): cyclegan download inception --output {path}")
         return path
     for path in inception_locations():
         if path.is_file():
             return path
-    default = inception_locations()[-2]
     raise CycleGANError(
         f"FID and KID need the FID Inception network {INCEPTION_FILE} (TorchScript, 91 MB), and nothing is downloaded "
-        f"without asking. Download it once:\n  mkdir -p {default.parent} && curl -L -o {default} {INCEPTION_URL}\n"
+        f"without asking. Fetch it once (from {INCEPTION_URL}, checked against its SHA-256) with:\n"
+        f"  cyclegan download inception\n"
         f"or pass --inception PATH (or set CYCLEGAN_INCEPTION). Looked in: "
         + ", ".join(str(p) for p in inception_locations())
     )

@@ -33,6 +33,7 @@ from cyclegan.checkpoint import load_checkpoint, load_run_checkpoint, load_state
 from cyclegan.errors import CycleGANError
 from cyclegan.models import build_generator, generator_multiple
 from cyclegan.options import TrainConfig
+from cyclegan.zoo import MODELS, pretrained_path
 
 __all__ = ["Generator", "OnnxGenerator", "load_generator", "generator_from_state_dict", "translate_image"]
 
@@ -137,13 +138,26 @@ def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "sta
     return Generator(net.eval(), in_channels, out_channels, 4, source, arch)
 
 
+def resolve_checkpoint(given: str | Path) -> Path:
+    """The file or folder ``--checkpoint`` names; a bare official model name (``horse2zebra``)
+    is its file from ``cyclegan download model``."""
+    path = Path(given)
+    if path.exists():
+        return path
+    if str(given) in MODELS:
+        downloaded = pretrained_path(str(given))
+        if downloaded.is_file():
+            return downloaded
+        raise CycleGANError(f"--checkpoint {given}: the official pretrained generator is not downloaded yet "
+                            f"(looked for {downloaded}); fetch it with: cyclegan download model {given}")
+    raise CycleGANError(f"--checkpoint {path}: no such file or folder")
+
+
 def load_generator(path: str | Path, direction: str = "AtoB", device: torch.device | str = "cpu") -> Generator:
     """The generator for ``direction`` from a run folder, a checkpoint or a weights file."""
     if direction not in ("AtoB", "BtoA"):
         raise CycleGANError(f"--direction {direction}: use AtoB or BtoA")
-    path = Path(path)
-    if not path.exists():
-        raise CycleGANError(f"--checkpoint {path}: no such file or folder")
+    path = resolve_checkpoint(path)
     if path.is_dir() and (path / "checkpoints").is_dir():
         path = newest_checkpoint(path)
     if path.is_dir():

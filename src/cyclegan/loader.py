@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from cyclegan import datasets
+from cyclegan import datasets, zoo
 from cyclegan.errors import CycleGANError
 from cyclegan.images import scan_images
 from cyclegan.models import discriminator_min_side
@@ -52,9 +52,15 @@ def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None
     if root.exists():
         return root
     if not dataset_name_given:
-        log.info("no dataset given and %s does not exist: training on the built-in demo data", root)
+        log.info("no dataset given and %s does not exist: training on the built-in demo data (%s fetches the "
+                 "reference's default dataset)", root, zoo.download_dataset_hint(config.dataset_name))
         config.dataset_name = datasets.DEMO_DATASET
         return None
+    if config.dataset_name in zoo.DATASETS:
+        raise CycleGANError(
+            f"--dataset_name {config.dataset_name}: {root} does not exist; it is an official dataset: fetch it with "
+            f"'{zoo.download_dataset_hint(config.dataset_name)}' (or give its folder with --dataroot)"
+        )
     raise CycleGANError(
         f"--dataset_name {config.dataset_name}: {root} does not exist; put the dataset there "
         "(train/A and train/B, or trainA and trainB) or give its folder with --dataroot"
