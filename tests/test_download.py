@@ -10,7 +10,11 @@ import http.server
 import io
 import os
 import socket
+import signal
+import subprocess
+import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -32,6 +36,7 @@ class Server:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.cut_after: dict[str, int] = {}
+        self.slow: set[str] = set()  # sent 64 KiB at a time, 50 ms apart
         self.ranges: list[str] = []
         outer = self
 
@@ -63,6 +68,14 @@ class Server:
                     self.wfile.write(body)
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if self.path in outer.slow:
+                    for k in range(0, len(body), 65536):
+                        try:
+                            self.wfile.write(body[k:k + 65536])
+                        except OSError:  # the client went away
+                            return
+                        time.sleep(0.05)
                     return
                 self.wfile.write(body)
 
@@ -272,9 +285,6 @@ def test_the_base_url_comes_from_the_environment_too(tmp_path, server):
     weights = io.BytesIO()
     torch.save(ResnetGenerator(3, 3, ngf=8, n_blocks=1).state_dict(), weights)
     server.files["/pretrained_models/map2sat.pth"] = weights.getvalue()
-    import subprocess
-    import sys
-
     env = dict(os.environ, CYCLEGAN_BASE_URL=server.url, CYCLEGAN_PRETRAINED=str(tmp_path / "models"))
     result = subprocess.run([sys.executable, "-m", "cyclegan", "download", "model", "map2sat"], cwd=tmp_path,
                             env=env, capture_output=True, text=True)
@@ -292,3 +302,21 @@ def test_unknown_names_and_lists(tmp_path):
     assert bad.returncode == 2 and "not an official dataset" in bad.stderr and "horse2zebra" in bad.stderr
     listed = run_cli("download", "model", "--list")
     assert listed.returncode == 0 and "style_vangogh" in listed.stdout and "cityscapes_label2photo" in listed.stdout
+
+
+def test_ctrl_c_keeps_the_partial_download_for_the_next_call(tmp_path, server):
+    data = os.urandom(4 * 2**20)
+    server.files["/pretrained_models/zebra2horse.pth"] = data
+    server.slow.add("/pretrained_models/zebra2horse.pth")
+    proc = subprocess.Popen([sys.executable, "-m", "cyclegan", "download", "model", "zebra2horse", "--base_url",
+                             server.url], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    part = tmp_path / "pretrained" / ".zebra2horse.pth.part"
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not (part.is_file() and part.stat().st_size > 0):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "run the same command again" in stderr and "Traceback" not in stderr
+    assert 0 < part.stat().st_size < len(data)
+    assert not (tmp_path / "pretrained" / "zebra2horse.pth").exists()

@@ -136,14 +136,14 @@ def download_model(name: str, root: Path | None = None, base: str | None = None,
         log.info("%s is already there (pass --force to download it again)", target)
         return target
     url = zoo.model_url(name, base)
-    staged = target.with_name(f".{target.name}.new")
-    download(url, staged)
-    try:
-        load_state_dict_file(staged)
-    except CycleGANError as exc:
-        staged.unlink(missing_ok=True)
-        raise DownloadError(f"{url}: not a generator's weights ({exc}); the file was deleted") from exc
-    os.replace(staged, target)
+
+    def loads_as_weights(path: Path) -> None:
+        try:
+            load_state_dict_file(path)
+        except CycleGANError as exc:
+            raise DownloadError(f"{url}: not a generator's weights ({exc}); the file was deleted") from exc
+
+    download(url, target, check=loads_as_weights)
     log.info("%s is ready: cyclegan translate --checkpoint %s --input IMAGES --output OUT", target, name)
     return target
 

@@ -26,13 +26,14 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from cyclegan.errors import CycleGANError
 from cyclegan.utils import fsync_dir
 
-__all__ = ["DownloadError", "download", "sha256_of", "ExtractLimits", "check_zip", "extract_zip"]
+__all__ = ["DownloadError", "DownloadInterrupted", "download", "sha256_of", "ExtractLimits", "check_zip", "extract_zip"]
 
 log = logging.getLogger("cyclegan.fetch")
 
@@ -44,6 +45,12 @@ class DownloadError(CycleGANError):
     """The server could not be reached, refused the file, or sent something else than expected."""
 
     exit_code = 1
+
+
+class DownloadInterrupted(DownloadError):
+    """Ctrl-C during a download: what came is kept for the next call."""
+
+    exit_code = 130
 
 
 def sha256_of(path: Path) -> str:
@@ -87,9 +94,10 @@ def _resumed_total(response, offset: int) -> tuple[bool, int | None]:
 
 
 def download(url: str, target: Path, sha256: str | None = None, timeout: float = TIMEOUT_S,
-             progress: bool | None = None) -> Path:
+             progress: bool | None = None, check: Callable[[Path], None] | None = None) -> Path:
     """Download ``url`` to ``target`` (resuming a partial download), check it, and rename it into
-    place; returns ``target``. A SHA-256 mismatch deletes the download."""
+    place; returns ``target``. A SHA-256 mismatch deletes the download, and so does a
+    ``DownloadError`` raised by ``check`` (called with the whole file before the rename)."""
     from tqdm import tqdm
 
     if not url.startswith(("http://", "https://")):
@@ -122,6 +130,10 @@ def download(url: str, target: Path, sha256: str | None = None, timeout: float =
                     f"{url}: the download broke off at {f.tell()} bytes ({exc}); run the same command again "
                     f"to continue it ({part} is kept)"
                 ) from exc
+            except KeyboardInterrupt:
+                f.flush()
+                raise DownloadInterrupted(f"{url}: interrupted at {f.tell()} bytes; run the same command again to "
+                                          f"continue it ({part} is kept)") from None
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
@@ -134,6 +146,12 @@ def download(url: str, target: Path, sha256: str | None = None, timeout: float =
             part.unlink()
             raise DownloadError(f"{url}: SHA-256 {got} is not the expected {sha256.lower()}; the file was deleted. "
                                 "If the file has changed upstream, pass its checksum with --sha256")
+    if check is not None:
+        try:
+            check(part)
+        except DownloadError:
+            part.unlink()
+            raise
     os.replace(part, target)
     fsync_dir(target.parent)
     return target
