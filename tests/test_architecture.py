@@ -113,20 +113,47 @@ def test_no_function_is_longer_than_two_screens():
     assert not long, "\n".join(long)
 
 
-def test_no_writes_to_private_attributes_of_other_objects():
-    """``obj._name = ...`` or ``obj.__class__ = ...`` on anything but ``self`` / ``ctx``."""
+def private_writes(tree: ast.AST) -> list[str]:
+    """``obj._name = ...``, ``obj._name[k] = ...``, ``obj.__class__ = ...`` (tuple targets too) and
+    ``setattr(obj, "_name", ...)`` on anything but ``self`` / ``ctx`` / ``cls``."""
+    def own(value: ast.AST) -> bool:
+        return isinstance(value, ast.Name) and value.id in ("self", "ctx", "cls")
+
     found = []
-    for name, tree in modules().items():
-        for node in ast.walk(tree):
-            targets = node.targets if isinstance(node, ast.Assign) else \
-                [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
-            for target in targets:
-                if isinstance(target, ast.Subscript):
-                    target = target.value
-                if (isinstance(target, ast.Attribute) and target.attr.startswith("_")
-                        and not (isinstance(target.value, ast.Name) and target.value.id in ("self", "ctx", "cls"))):
-                    found.append(f"{name}.py:{node.lineno}: {ast.unparse(target)}")
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        flat: list[ast.AST] = []
+        while targets:
+            target = targets.pop()
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets += target.elts
+            else:
+                flat.append(target.value if isinstance(target, ast.Subscript) else target)
+        found += [f"{node.lineno}: {ast.unparse(t)}" for t in flat
+                  if isinstance(t, ast.Attribute) and t.attr.startswith("_") and not own(t.value)]
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr"
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+                and str(node.args[1].value).startswith("_") and not own(node.args[0])):
+            found.append(f"{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_writes_to_private_attributes_of_other_objects():
+    found = [f"{name}.py:{where}" for name, tree in modules().items() for where in private_writes(tree)]
     assert not found, "\n".join(found)
+
+
+def test_the_private_write_finder_finds_them():
+    code = ("a._x = 1\nb._m['k'] = 2\nc.__class__ = D\nd, e._y = 1, 2\nsetattr(f, '_z', 3)\n"
+            "self._ok = 1\ng.public = 1\nsetattr(h, 'public', 1)\n")
+    assert [w.split(":")[0] for w in private_writes(ast.parse(code))] == ["1", "2", "3", "4", "5"]
+
+
+def test_imports_are_absolute():
+    relative = [f"{name}.py:{node.lineno}" for name, tree in modules().items() for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and node.level > 0]
+    assert not relative, "relative imports escape the layer check: " + ", ".join(relative)
 
 
 def test_docstrings_quote_no_benchmark_figures():

@@ -386,3 +386,20 @@ def step_and_check(config: TrainConfig) -> None:
                         config.lambda_id, config.gan_mode, config.lambda_gp)
     assert all(math.isfinite(v.item()) for v in losses.values()), losses
     assert any(not torch.equal(a, b) for a, b in zip(before, nets["G_AB"].parameters()))
+
+
+def test_config_file_keys_and_on_off_flags_are_the_parsers():
+    """A --config file knows its keys from TrainConfig's fields and the official aliases, and its
+    true/false keys from the fields' types: those must be the flags the parser has, and its flags
+    that take no value (read from --help, not from argparse internals)."""
+    import re
+
+    from cyclegan.options import BOOLEAN_FLAGS, CONFIG_FILE_KEYS, get_args_parser
+
+    takes_value, switches = set(), set()
+    for line in get_args_parser().format_help().splitlines():
+        m = re.match(r"^  (?:-\w, )?(--\w+)( [A-Z_\[{])?", line)
+        if m:
+            (takes_value if m.group(2) else switches).add(m.group(1)[2:])
+    assert takes_value | switches == set(CONFIG_FILE_KEYS) | {"help", "config", "print_config"}
+    assert switches == set(BOOLEAN_FLAGS) | {"help", "print_config"}

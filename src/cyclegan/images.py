@@ -2,8 +2,10 @@
 
 Reading: ``open_image`` applies the EXIF orientation (a phone photo stored sideways comes out
 upright) and decodes the whole file; ``convert_image`` turns any mode into RGB or 8-bit grey:
-16-bit and 32-bit grey are scaled to 8 bits (``round(v * 255 / 65535)``; values that all fit in
-8 bits are kept as they are), palette images go through their palette (and transparency), CMYK
+16-bit grey is scaled to 8 bits by one fixed rule (``round(v * 255 / 65535)``, whatever the
+image holds, so that frames of one sensor keep one scale); 32-bit integer grey the same, unless
+every value fits in 8 bits (8-bit data stored wide: kept); float grey in [0, 1] is scaled by
+255, else taken as 0..255; palette images go through their palette (and transparency), CMYK
 and grey become RGB, and alpha is dropped from the pixels (``read_image`` returns it apart, so
 that a translation can carry it again). ``load_image`` gives the converted Pillow image (what
 the training transforms start from); ``read_image`` the same pixels as a tensor in [-1, 1], with
@@ -78,6 +80,8 @@ def _to_8bit_grey(img: Image.Image) -> Image.Image:
     array = np.asarray(img)
     if img.mode == "F":
         top = 1.0 if float(array.max(initial=0.0)) <= 1.0 else 255.0
+    elif img.mode.startswith("I;16"):
+        top = 65535.0
     else:
         top = 255.0 if int(array.max(initial=0)) <= 255 else 65535.0
     scaled = np.clip(array.astype(np.float64) * (255.0 / top), 0, 255).round().astype(np.uint8)

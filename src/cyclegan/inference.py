@@ -87,8 +87,9 @@ def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any],
     """One generator of a run's checkpoint, built from the run's config as training built it."""
     config = TrainConfig.from_json(saved)
     name = "G_AB" if direction == "AtoB" else "G_BA"
-    net = build_generator(config, direction)
-    net.load_state_dict(states[name])
+    with torch.device("meta"):  # the weights come from the checkpoint: nothing to allocate or draw
+        net = build_generator(config, direction, initialise=False)
+    net.load_state_dict(states[name], assign=True)
     cin, cout = (config.channels_A, config.channels_B) if direction == "AtoB" else (config.channels_B, config.channels_A)
     arch = "official" if config.upsample == "transpose" else "reference"
     size = (config.img_height, config.img_width)
@@ -128,9 +129,10 @@ def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "sta
     arch = "official" if kind == {"conv_block"} else "reference"
     config = TrainConfig(netG="resnet", upsample="transpose" if arch == "official" else "nearest", ngf=ngf,
                          norm=norm, n_residual_blocks=n_blocks, input_nc=in_channels, output_nc=out_channels)
-    net = build_generator(config, "AtoB")
+    with torch.device("meta"):
+        net = build_generator(config, "AtoB", initialise=False)
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
         raise CycleGANError(f"{source}: the weights do not fit a {arch} ResNet generator with {n_blocks} blocks "
                             f"(ngf {ngf}, {in_channels} -> {out_channels} channels"

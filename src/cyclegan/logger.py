@@ -45,13 +45,14 @@ LOGGERS = ("tensorboard", "wandb", "none")
 class Progress:
     """A tqdm bar on a terminal; otherwise a log line every tenth of an epoch."""
 
-    def __init__(self, total: int, epoch: int, n_epochs: int) -> None:
+    def __init__(self, total: int, epoch: int, n_epochs: int, done: int = 0) -> None:
         from tqdm import tqdm
 
         self.total, self.epoch, self.n_epochs = total, epoch, n_epochs
         self.every = max(1, total // 10)
         tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch", leave=False) if tty else None
+        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch",
+                        leave=False) if tty else None
 
     def update(self, i: int, losses: dict[str, float], img_per_s: float, peak_fraction: float, eta_s: float) -> None:
         text = (

@@ -408,9 +408,9 @@ class PixelDiscriminator(nn.Module):
 
 def define_G(
     netG: str, input_nc: int, output_nc: int, *, n_blocks: int = 9, ngf: int = 64, norm: str = "instance",
-    use_dropout: bool = False, upsample: str = "nearest", init_type: str = "normal", init_gain: float = 0.02,
+    use_dropout: bool = False, upsample: str = "nearest", init_type: str | None = "normal", init_gain: float = 0.02,
 ) -> nn.Module:
-    """A generator by name, initialised.
+    """A generator by name, initialised (``init_type=None``: left as torch's layers start).
 
     ``resnet`` with ``upsample="nearest"`` is the reference design's ``GeneratorResNet`` (its keys);
     with ``"transpose"`` the official ``ResnetGenerator`` (``resnet_9blocks``/``resnet_6blocks``).
@@ -425,7 +425,7 @@ def define_G(
         net = UnetGenerator(input_nc, output_nc, 7 if netG == "unet_128" else 8, ngf, norm, use_dropout)
     else:
         raise ValueError(f"unknown generator {netG!r}: use one of {', '.join(GENERATORS)}")
-    return init_weights(net, init_type, init_gain)
+    return net if init_type is None else init_weights(net, init_type, init_gain)
 
 
 def define_D(
@@ -489,15 +489,17 @@ class NetworkConfig(Protocol):
     def channels_B(self) -> int: ...
 
 
-def build_generator(config: NetworkConfig, direction: str = "AtoB") -> nn.Module:
-    """G_AB (``AtoB``) or G_BA (``BtoA``) of a run, initialised as the config says."""
+def build_generator(config: NetworkConfig, direction: str = "AtoB", initialise: bool = True) -> nn.Module:
+    """G_AB (``AtoB``) or G_BA (``BtoA``) of a run, initialised as the config says (or, with
+    ``initialise=False``, as torch's layers start, for weights about to be loaded: no random
+    numbers drawn beyond the layers' own, and any ``init_type`` accepted)."""
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
     a, b = config.channels_A, config.channels_B
     source, target = (a, b) if direction == "AtoB" else (b, a)
     return define_G(config.netG, source, target, n_blocks=config.n_residual_blocks, ngf=config.ngf,
                     norm=config.norm, use_dropout=config.use_dropout, upsample=config.upsample,
-                    init_type=config.init_type, init_gain=config.init_gain)
+                    init_type=config.init_type if initialise else None, init_gain=config.init_gain)
 
 
 def build_discriminator(config: NetworkConfig, domain: str) -> nn.Module:

@@ -516,6 +516,7 @@ def _check_combinations(config: TrainConfig) -> None:
                 f"(got {config.img_height}x{config.img_width}): use fewer --n_layers_D or larger images"
             )
 
+
 def describe(config: TrainConfig) -> str:
     """The config as YAML text."""
     import yaml

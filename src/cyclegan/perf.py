@@ -84,8 +84,7 @@ def exact_fast_layers(net: nn.Module) -> nn.Module:
     out of place. The instance norm's output is a view, and an in-place operation on a view makes
     autograd copy that gradient twice in backward (``CopySlices``); its input has no other user,
     so the result is the same. Other in-place activations are left alone: in the official U-Net,
-    for example, they modify tensors that skip connections also carry.
-"""
+    for example, they modify tensors that skip connections also carry."""
     for parent in net.modules():
         if isinstance(parent, nn.Sequential):
             previous = None
@@ -187,8 +186,9 @@ def subpixel_upsample_convs(net: nn.Module) -> nn.Module:
     """In every ``Sequential`` of ``net``, a nearest 2x upsampling directly followed by a plain
     3x3 convolution (stride 1, zero padding 1) becomes ``nn.Identity`` and ``UpsampleConv2d``: the
     same function with 2.25x fewer multiplications, equal to rounding (see ``UpsampleConv2d``).
-    In place; returns ``net``. The convolution module keeps its parameters (the same objects)
-    and its name, so the state dict, its keys and optimizers built before are unchanged.
+    In place; returns ``net``. The new layer takes the convolution's place under its name and over
+    its parameters (the same objects), so the state dict, its keys and optimizers built before are
+    unchanged; hooks registered on the old convolution module are not carried over.
 
     The reference generator's two upsampling layers are such pairs (docs/benchmarks.md has what
     they gain)."""
@@ -264,7 +264,6 @@ def step_flops(config: Any, batch_size: int | None = None) -> int:
     The WGAN-GP penalty's extra discriminator passes are not counted (the flop counter cannot
     follow ``autograd.grad``), so for ``wgangp`` this is a lower bound."""
     from torch.utils.flop_counter import FlopCounterMode
-
 
     n = batch_size or config.batch_size
     with torch.random.fork_rng(devices=[]), torch.device("meta"):

@@ -106,14 +106,14 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     n_batches = len(loader)  # a whole epoch's (once positioned mid-epoch, the loader yields fewer)
     samples = sample_batch(data.val)
     announce(run, data, start)
-    clock = Clock.for_run(run, n_batches)
-    with StopSignals() as stop, contextlib.closing(
-            make_logger(run.run_dir, config.logger, config.to_json(), env.is_main)) as run_logger:
-        first_epoch = run.position.epoch
-        for epoch in range(first_epoch, config.n_epochs):
-            sampler.set_epoch(epoch, (run.position.batch if epoch == first_epoch else 0) * config.batch_size)
-            if train_epoch(run, epoch, loader, n_batches, samples, stop, run_logger, clock):
-                return stop_run(run, stop)
+    first_epoch = run.position.epoch
+    with contextlib.closing(make_logger(run.run_dir, config.logger, config.to_json(), env.is_main)) as run_logger:
+        clock = Clock.for_run(run, n_batches)
+        with StopSignals() as stop:
+            for epoch in range(first_epoch, config.n_epochs):
+                sampler.set_epoch(epoch, (run.position.batch if epoch == first_epoch else 0) * config.batch_size)
+                if train_epoch(run, epoch, loader, n_batches, samples, stop, run_logger, clock):
+                    return stop_run(run, stop)
     barrier(env)
     log.info("done: %d epochs in %s, run folder %s", config.n_epochs - first_epoch, format_eta(clock.elapsed()),
              run.run_dir)
@@ -222,7 +222,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
     first = position.batch if epoch == position.epoch else 0
     if first == 0:
         position.loss_G_sum = 0.0
-    progress = Progress(n_batches, epoch, config.n_epochs)
+    progress = Progress(n_batches, epoch, config.n_epochs, done=first)
     stopping, i = False, first - 1
     clock.lap()
     for i, batch in enumerate(loader, start=first):
