@@ -333,3 +333,32 @@ def test_evaluate_without_the_inception_file_says_where_to_put_it(tmp_path, tiny
     assert "inception-2015-12-05.pt" in result.stderr
     assert str(env_home / ".cache" / "cyclegan" / "inception-2015-12-05.pt") in result.stderr
     assert "nvlabs-fi-cdn.nvidia.com" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_translate_picks_tiles_by_itself_when_a_whole_image_would_not_fit(tmp_path, monkeypatch, caplog):
+    """A 4096x4096 photo on a machine without the memory for it: translate says so and goes in
+    tiles (here simulated: a small image and a small memory), with the result --tile gives."""
+    import logging
+
+    from cyclegan import translate
+    from cyclegan.inference import whole_image_bytes
+    from cyclegan.models import GeneratorResNet
+
+    caplog.set_level(logging.INFO)
+    net = GeneratorResNet((3,), 1, ngf=8)
+    weights = tmp_path / "G.pth"
+    torch.save(net.state_dict(), weights)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    gen = load_generator(weights)
+    budget = whole_image_bytes(gen, 200, 256) + 1  # whole (200x300) does not fit, 256-pixel tiles do
+    monkeypatch.setattr(translate, "available_bytes", lambda device: 2 * budget)
+    args = ["--checkpoint", str(weights), "--input", str(tmp_path / "p.png"), "--device", "cpu", "--no_index"]
+    assert translate.main([*args, "--output", str(tmp_path / "auto")]) == 0
+    assert "translating in 256x256 tiles" in caplog.text and "--tile sets the size" in caplog.text
+    assert translate.main([*args, "--output", str(tmp_path / "tiled"), "--tile", "256"]) == 0
+    auto, tiled = (np.asarray(Image.open(tmp_path / d / "p.png")) for d in ("auto", "tiled"))
+    assert np.array_equal(auto, tiled)
+    monkeypatch.setattr(translate, "available_bytes", lambda device: 2**40)
+    caplog.clear()
+    assert translate.main([*args, "--output", str(tmp_path / "whole")]) == 0
+    assert "translating in" not in caplog.text

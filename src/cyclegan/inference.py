@@ -20,7 +20,7 @@ runs a file made by ``cyclegan export --format onnx`` with onnxruntime, as a ``G
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,34 @@ def translate_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
             out[..., y:y + th, x0:x0 + tw] += result * weight
             total[..., y:y + th, x0:x0 + tw] += weight
     return out / total
+
+
+TILE_SIZES = (2048, 1024, 512, 256)
+
+
+def full_resolution_width(gen: Generator | Any) -> int:
+    """The channels the generator keeps at the image's full resolution (its first convolution's
+    width; 64 for unknown networks such as an ONNX file's)."""
+    net = getattr(gen, "net", None)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)] if net is not None else []
+    return convs[0].out_channels if convs else 64
+
+
+def whole_image_bytes(gen: Generator | Any, height: int, width: int, batch: int = 1) -> int:
+    """About the most memory translating whole images of this size takes: three full-resolution
+    activations of the generator's width alive at once (a layer's input, output and padding),
+    in float32."""
+    return 3 * batch * full_resolution_width(gen) * (height + 6) * (width + 6) * 4
+
+
+def automatic_tile(gen: Generator | Any, shape: Sequence[int], available: int) -> int | None:
+    """None when whole images of ``shape`` (N, C, H, W) fit in half of ``available`` bytes;
+    otherwise the largest tile size of ``TILE_SIZES`` that does (the smallest if none)."""
+    n, _, h, w = shape
+    budget = available // 2
+    if whole_image_bytes(gen, h, w, n) <= budget:
+        return None
+    return next((t for t in TILE_SIZES if whole_image_bytes(gen, min(t, h), min(t, w)) <= budget), TILE_SIZES[-1])
 
 
 def translate_image(gen: Generator, x: torch.Tensor, tile: int | None = None, overlap: int = 32) -> torch.Tensor:

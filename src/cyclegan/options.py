@@ -81,6 +81,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
+    activation_checkpointing: str = "off"
     # Networks (the official choices).
     arch: str = "reference"
     netG: str = "resnet"
@@ -226,6 +227,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     speed.add_argument("--compile", action="store_true", help=(
         "torch.compile the four networks: faster steps on a GPU after a compilation of a minute or more at "
         "the start (not on by default for that reason; on the CPU it is slower)"))
+    speed.add_argument("--activation_checkpointing", choices=("off", "blocks", "full", "auto"), help=_help(
+        "recompute the generators' activations in the backward pass instead of keeping them, for large images: "
+        "blocks (inside each residual block), full (all but a few tensors between segments: a small fraction of "
+        "the memory, for some speed; docs/benchmarks.md), auto (full when the step would not fit the free "
+        "memory, else off). The step computes the same numbers", d.activation_checkpointing))
 
     net = p.add_argument_group("networks (official options)")
     net.add_argument("--arch", choices=tuple(ARCH_PRESETS), help=_help(

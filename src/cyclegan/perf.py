@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import build_networks
-from cyclegan.step import train_step
+from cyclegan.memory import checkpoint_activations, step_on_meta
 
 __all__ = ["Speed", "resolve_speed", "prepare_networks", "exact_fast_layers", "subpixel_upsample_convs",
            "UpsampleConv2d", "matmul_peak_gflops", "step_flops"]
@@ -201,14 +200,17 @@ def subpixel_upsample_convs(net: nn.Module) -> nn.Module:
     return net
 
 
-def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: torch.device) -> None:
+def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: torch.device,
+                     checkpointing: str = "off") -> None:
     """Move ``nets`` to ``device`` in the layout of ``speed``, in place, with the layers of
-    ``subpixel_upsample_convs`` and ``exact_fast_layers``; compile them if asked (in place too:
-    the modules, parameters and state-dict keys stay as they are). Build the optimizers before or
-    after: the parameters stay the same objects."""
+    ``subpixel_upsample_convs`` and ``exact_fast_layers`` and the ``--activation_checkpointing``
+    mode (``memory.checkpoint_activations``); compile them if asked (in place too: the modules,
+    parameters and state-dict keys stay as they are). Build the optimizers before or after: the
+    parameters stay the same objects."""
     for net in nets.values():
         subpixel_upsample_convs(net)
         exact_fast_layers(net)
+        checkpoint_activations(net, checkpointing)
         net.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.compile:
         for net in nets.values():
@@ -250,14 +252,6 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     return best
 
 
-class _NoOptimizer:
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        pass
-
-    def step(self) -> None:
-        pass
-
-
 def step_flops(config: Any, batch_size: int | None = None) -> int:
     """FLOPs of one training step of ``config`` (forward and backward of every network call;
     the optimizer's element-wise work is not counted), from shapes alone on the meta device.
@@ -265,14 +259,6 @@ def step_flops(config: Any, batch_size: int | None = None) -> int:
     follow ``autograd.grad``), so for ``wgangp`` this is a lower bound."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    n = batch_size or config.batch_size
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        nets = build_networks(config)
-        real_A = torch.zeros(n, config.channels_A, config.img_height, config.img_width)
-        real_B = torch.zeros(n, config.channels_B, config.img_height, config.img_width)
-        optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B")}
-        with FlopCounterMode(display=False) as counter:
-            gan_mode = "lsgan" if config.gan_mode == "wgangp" else config.gan_mode
-            train_step(nets, optimizers, {"A": None, "B": None}, real_A, real_B, config.lambda_cyc,
-                       config.lambda_id, gan_mode)
+    counter = FlopCounterMode(display=False)
+    step_on_meta(config, batch_size, around=lambda: counter)
     return int(counter.get_total_flops())

@@ -24,7 +24,8 @@ from PIL import Image
 
 from cyclegan.errors import CycleGANError
 from cyclegan.images import read_image, tensor_to_image, write_image
-from cyclegan.inference import load_generator, translate_image
+from cyclegan.inference import automatic_tile, load_generator, translate_image
+from cyclegan.memory import available_bytes
 from cyclegan.runtime import resolve_device, setup_logging
 
 __all__ = ["main", "build_app", "Translator"]
@@ -61,7 +62,8 @@ class Translator:
         self.check(path)
         gen = self.generators[direction]
         tensor, alpha, _ = read_image(Path(path), gen.in_channels)
-        result = tensor_to_image(translate_image(gen, tensor.to(self.device), self.tile)[0])
+        tile = self.tile or automatic_tile(gen, tensor.shape, available_bytes(self.device))
+        result = tensor_to_image(translate_image(gen, tensor.to(self.device), tile)[0])
         target = self.out_dir / f"{Path(path).stem}_{direction}.png"
         write_image(result, target, alpha)
         with Image.open(target) as written:  # the page shows what the download holds (alpha included)
@@ -106,7 +108,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="(default: 7860)")
     p.add_argument("--max_upload_mb", type=float, default=20, help="largest upload in megabytes (default: 20)")
     p.add_argument("--max_pixels", type=int, default=16_000_000, help="largest image in pixels (default: 16000000)")
-    p.add_argument("--tile", type=int, default=None, help="translate in tiles of this size (see cyclegan translate)")
+    p.add_argument("--tile", type=int, default=None, help=(
+        "translate in tiles of this size (default: whole images, or tiles when a whole one would not fit the free "
+        "memory, as cyclegan translate does)"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
     return p
 

@@ -38,6 +38,7 @@ from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.images import make_grid, save_image
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
 from cyclegan.logger import NullLogger, Progress, make_logger
+from cyclegan.memory import out_of_memory_advice, resolve_checkpointing
 from cyclegan.models import build_networks
 from cyclegan.options import TrainConfig, describe, get_args_parser, parse_config, validate
 from cyclegan.perf import Speed, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops
@@ -71,6 +72,7 @@ class Run:
     env: DistEnv
     device: torch.device
     speed: Speed
+    checkpointing: str  # the --activation_checkpointing mode in use (auto resolved)
     nets: dict[str, nn.Module]  # as built: what is saved and sampled
     trained: dict[str, nn.Module]  # what the step calls (DistributedDataParallel under torchrun)
     optimizers: dict[str, torch.optim.Optimizer]
@@ -146,7 +148,8 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
     nets = build_networks(config)
     load_networks(nets, start)
-    prepare_networks(nets, speed, device)
+    checkpointing = resolve_checkpointing(config, device)
+    prepare_networks(nets, speed, device, checkpointing)
     optimizers = build_optimizers(nets, config)
     trained = {name: wrap(net, env, device) for name, net in nets.items()}
     scaler = torch.amp.GradScaler(device.type) if speed.amp_dtype is torch.float16 else None
@@ -155,8 +158,8 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     position = Position(epoch=config.epoch)
     if start.state is not None:
         position = restore_training_state(start, optimizers, schedulers, buffers, scaler, device)
-    return Run(config, start.run_dir, env, device, speed, nets, trained, optimizers, schedulers, buffers, scaler,
-               position)
+    return Run(config, start.run_dir, env, device, speed, checkpointing, nets, trained, optimizers, schedulers, buffers,
+               scaler, position)
 
 
 def announce(run: Run, data: RunData, start: Start) -> None:
@@ -228,9 +231,12 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
     for i, batch in enumerate(loader, start=first):
         real_A = batch["A"].to(run.device, non_blocking=True, memory_format=layout(run))
         real_B = batch["B"].to(run.device, non_blocking=True, memory_format=layout(run))
-        losses = train_step(run.trained, run.optimizers, run.buffers, real_A, real_B, config.lambda_cyc,
-                            config.lambda_id, config.gan_mode, config.lambda_gp, amp_dtype=run.speed.amp_dtype,
-                            scaler=run.scaler)
+        try:
+            losses = train_step(run.trained, run.optimizers, run.buffers, real_A, real_B, config.lambda_cyc,
+                                config.lambda_id, config.gan_mode, config.lambda_gp, amp_dtype=run.speed.amp_dtype,
+                                scaler=run.scaler)
+        except torch.cuda.OutOfMemoryError as exc:
+            raise out_of_memory_advice(config, run.device, run.checkpointing) from exc
         values = {k: float(v) for k, v in losses.items()}
         stop_if_diverged(run, values, batch, epoch, i)
         position.step += 1

@@ -30,7 +30,15 @@ from PIL import Image, UnidentifiedImageError
 
 from cyclegan.errors import CycleGANError
 from cyclegan.images import IMG_EXTENSIONS, list_images, read_image, tensor_to_image, write_image
-from cyclegan.inference import Generator, OnnxGenerator, load_generator, translate_image
+from cyclegan.inference import (
+    Generator,
+    OnnxGenerator,
+    automatic_tile,
+    load_generator,
+    translate_image,
+    whole_image_bytes,
+)
+from cyclegan.memory import available_bytes
 from cyclegan.runtime import resolve_device, run_command
 from cyclegan.utils import atomic_write
 
@@ -64,8 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "with --resize: the shorter side to work at (default: the run's training size, else 256)"))
     p.add_argument("--batch_size", type=int, default=4, help="images of equal size per batch (default: 4)")
     p.add_argument("--tile", type=int, default=None, metavar="SIZE", help=(
-        "translate in SIZE x SIZE tiles (for images too large for memory) with blended seams (default: whole "
-        "images)"))
+        "translate in SIZE x SIZE tiles with blended seams (default: whole images, or tiles of the largest of "
+        "2048, 1024, 512, 256 that fits when a whole image would need more than half the free memory)"))
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="pixels tiles share (default: 32)")
     p.add_argument("--ext", choices=("png", "jpg", "webp"), default=None, help=(
         "output format (default: the input's when png, jpg or webp, else png)"))
@@ -113,6 +121,19 @@ def output_name(name: Path, ext: str | None) -> Path:
     own = name.suffix.lower().lstrip(".")
     chosen = ext or (own if own in OUTPUT_EXTENSIONS else "png")
     return name.with_suffix("." + ("jpg" if chosen == "jpeg" else chosen))
+
+
+def choose_tile(gen: Generator | OnnxGenerator, batch: torch.Tensor, device: torch.device,
+                items: list[Item]) -> int | None:
+    """Without --tile: whole images when they fit the memory there is, else tiles, said in a log line."""
+    available = available_bytes(device)
+    tile = automatic_tile(gen, batch.shape, available)
+    if tile is not None:
+        h, w = batch.shape[-2:]
+        log.info("%s: %dx%d whole would need about %.1f GiB (%.1f GiB available): translating in %dx%d tiles "
+                 "(--tile sets the size)", items[0].source.name, w, h,
+                 whole_image_bytes(gen, h, w, batch.size(0)) / 2**30, available / 2**30, tile, tile)
+    return tile
 
 
 def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
@@ -165,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
 
     def flush(items: list[Item]) -> None:
         batch = torch.cat([it.tensor for it in items]).to(device)
-        result = translate_image(gen, batch, args.tile, args.overlap)
+        tile = args.tile or choose_tile(gen, batch, device, items)
+        result = translate_image(gen, batch, tile, args.overlap)
         for it, out in zip(items, result):
             image = tensor_to_image(out)
             if image.size != it.size:  # --resize: back to the input's size
