@@ -244,10 +244,10 @@ def out_of_memory_advice(config: TrainConfig, device: torch.device, mode: str) -
     if mode != "full":
         need = saved_activation_bytes(config, "full") * 1.5
         advice.append(f"--activation_checkpointing full (about {need / 2**30:.1f} GiB of activations)")
-    side = config.img_height
+    side = max(config.img_height, config.img_width)
     while side > 64 and saved_activation_bytes(
             TrainConfig(**{**config.to_json(), "img_height": side, "img_width": side}), mode) * 1.5 > have:
-        side //= 2
+        side = side // 2 // 16 * 16  # the sizes --img_height takes: multiples of 16
     if side < max(config.img_height, config.img_width):
         advice.append(f"--img_height {side} --img_width {side} (crops; translate still works at full resolution)")
     if config.batch_size > 1:
