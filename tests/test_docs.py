@@ -64,7 +64,7 @@ def _without_code_blocks(text: str) -> list[tuple[int, str]]:
     """The lines of a markdown file outside fenced code blocks, with their line numbers."""
     lines, fenced = [], False
     for n, line in enumerate(text.splitlines(), start=1):
-        if line.lstrip().startswith("```"):
+        if line.lstrip().startswith(("```", "~~~")):
             fenced = not fenced
             continue
         if not fenced:
