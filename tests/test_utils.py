@@ -137,3 +137,19 @@ def test_psnr_known_values():
     b[0] += 0.2  # 0.1 on [0, 1]: MSE 0.01, 20 dB
     b[1] += 0.02  # 0.01 on [0, 1]: MSE 1e-4, 40 dB
     assert psnr(b, a).tolist() == pytest.approx([20.0, 40.0], abs=1e-4)
+
+
+def test_replace_dir_swaps_a_whole_folder_into_place(tmp_path):
+    from cyclegan.utils import replace_dir
+
+    new, target = tmp_path / "new", tmp_path / "target"
+    new.mkdir()
+    (new / "a").write_text("new")
+    replace_dir(new, target)
+    assert (target / "a").read_text() == "new" and not new.exists()
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "b").write_text("newer")
+    replace_dir(newer, target)
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]  # no .target.old left

@@ -31,7 +31,7 @@ from torch import nn
 
 from cyclegan.errors import CycleGANError
 from cyclegan.models import NETWORK_NAMES
-from cyclegan.utils import ReplayBuffer, atomic_write, fsync_dir
+from cyclegan.utils import ReplayBuffer, atomic_write, fsync_dir, replace_dir
 
 __all__ = [
     "NETWORK_NAMES",
@@ -186,15 +186,7 @@ def save_run_checkpoint(
         torch.save(state, buffer)
         _write_file(tmp / "state.pt", buffer.getvalue())
         fsync_dir(tmp)
-        if final.exists():  # the same step saved again (a resumed run): swap, never leave none
-            trash = folder / f".{final.name}.old"
-            shutil.rmtree(trash, ignore_errors=True)
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        fsync_dir(folder)
+        replace_dir(tmp, final)  # the same step saved again (a resumed run): swapped, never none
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

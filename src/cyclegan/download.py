@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import sys
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from cyclegan.datasets import has_split
 from cyclegan.errors import CycleGANError
 from cyclegan.fetch import DownloadError, download, extract_zip
 from cyclegan.runtime import run_command
+from cyclegan.utils import replace_dir
 
 __all__ = ["main", "get_args_parser", "download_dataset", "download_model", "download_inception"]
 
@@ -114,14 +114,7 @@ def download_dataset(name: str, root: Path, base: str | None = None, keep_archiv
         shutil.rmtree(staged, ignore_errors=True)
         archive.unlink(missing_ok=True)
         raise DownloadError(f"{exc}; the archive was deleted") from exc
-    if target.exists():  # --force: the old folder goes only once the new one is whole
-        old = root / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(staged, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)
+    replace_dir(staged, target)  # --force: the old folder goes only once the new one is whole
     if not keep_archive:
         archive.unlink()
     log.info("%s is ready: cyclegan train --dataset_name %s%s", target, name,

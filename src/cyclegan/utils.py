@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ __all__ = [
     "LambdaLR",
     "seed_everything",
     "atomic_write",
+    "replace_dir",
     "fsync_dir",
     "psnr",
 ]
@@ -122,6 +124,21 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
             pass
         raise
     fsync_dir(path.parent)  # make the rename itself durable
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Rename the whole folder ``source`` to ``target``; an existing ``target`` is first renamed
+    to ``.<name>.old`` beside it and removed only once ``source`` is in its place, so a process
+    killed between the two renames leaves the old folder whole under that name."""
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(target, trash)
+        os.replace(source, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(source, target)
+    fsync_dir(target.parent)
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
