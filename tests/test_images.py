@@ -61,6 +61,12 @@ def write_sixteen_bit(path: Path) -> np.ndarray:
     return np.round(levels.astype(np.float64) * 255 / 65535).astype(np.uint8)
 
 
+def test_the_scan_measures_the_upright_size(tmp_path):
+    write_rotated_photo(tmp_path / "phone.png")  # stored 24 wide, 16 tall; viewed 16 wide, 24 tall
+    assert scan_images([tmp_path / "phone.png"], min_size=(16, 24)) == []
+    assert "16x24 pixels" in dict(scan_images([tmp_path / "phone.png"], min_size=(20, 20)))[tmp_path / "phone.png"]
+
+
 def test_exif_orientation_is_applied_on_load(tmp_path):
     upright = write_rotated_photo(tmp_path / "phone.png")
     assert np.array_equal(np.asarray(load_image(tmp_path / "phone.png")), upright)

@@ -54,6 +54,7 @@ __all__ = [
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 QUALITY = {"JPEG": 95, "WEBP": 95}  # lossy formats: near-lossless quality
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -193,10 +194,12 @@ def check_image(path: Path, min_size: tuple[int, int] | None = None, min_label: 
                     f"{img.width}x{img.height} pixels, over Pillow's decompression-bomb limit "
                     f"of {Image.MAX_IMAGE_PIXELS}"
                 )
-            img = ImageOps.exif_transpose(img)  # the size training sees
             img.load()
-            if min_size is not None and (img.width < min_size[0] or img.height < min_size[1]):
-                return f"{img.width}x{img.height} pixels, smaller than {min_label} {min_size[0]}x{min_size[1]}"
+            width, height = img.size
+            if img.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # turned a quarter: the size training sees
+                width, height = height, width
+            if min_size is not None and (width < min_size[0] or height < min_size[1]):
+                return f"{width}x{height} pixels, smaller than {min_label} {min_size[0]}x{min_size[1]}"
     except Image.DecompressionBombError as exc:
         return f"over Pillow's decompression-bomb limit ({exc})"
     except Exception as exc:  # noqa: BLE001 - any decoder failure makes the file unusable
