@@ -7,7 +7,8 @@
   2048-d pool features of the standard FID Inception network (``inception-2015-12-05.pt``, the
   TorchScript file StyleGAN2-ADA, StyleGAN3 and clean-fid use). Nothing is downloaded here: the
   file is read from ``--inception``, ``$CYCLEGAN_INCEPTION`` or ``~/.cache/cyclegan/`` (where
-  ``cyclegan download inception`` puts it), and when it is missing the error names that command. Images are resized to 299x299 (bicubic) first.
+  ``cyclegan download inception`` puts it), and when it is missing the error names that command.
+  Images are resized to 299x299 (bicubic) first.
 - With ``--paired DIR`` (ground truth named as the inputs, as in the paper's Cityscapes
   protocol): PSNR, SSIM and L1 of each translation against its truth.
 - With a checkpoint holding both generators: the cycle-consistency error, the mean absolute

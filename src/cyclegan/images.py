@@ -44,6 +44,7 @@ __all__ = [
     "to_unit_tensor",
     "image_to_tensor",
     "tensor_to_image",
+    "with_alpha",
     "write_image",
     "save_image",
     "make_grid",
@@ -150,13 +151,21 @@ def image_format(path: str | os.PathLike[str]) -> str:
     return fmt
 
 
+def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    """``image`` (RGB or L) with ``alpha`` as its alpha channel (RGBA or LA); as it is without one."""
+    if alpha is None:
+        return image
+    image = image.convert("RGBA" if image.mode == "RGB" else "LA")
+    image.putalpha(alpha)
+    return image
+
+
 def write_image(image: Image.Image, path: str | os.PathLike[str], alpha: Image.Image | None = None) -> None:
     """Write ``image`` to ``path`` atomically, in the format of its suffix (JPEG and WebP at
     quality 95); ``alpha`` is put back where the format keeps it (PNG, WebP)."""
     fmt = image_format(path)
-    if alpha is not None and fmt in ("PNG", "WEBP"):
-        image = image.convert("RGBA" if image.mode == "RGB" else "LA")
-        image.putalpha(alpha)
+    if fmt in ("PNG", "WEBP"):
+        image = with_alpha(image, alpha)
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **({"quality": QUALITY[fmt]} if fmt in QUALITY else {}))
     with atomic_write(path, "wb") as f:

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from cyclegan.errors import CycleGANError
-from cyclegan.images import read_image, tensor_to_image, write_image
+from cyclegan.images import read_image, tensor_to_image, with_alpha, write_image
 from cyclegan.inference import automatic_tile, load_generator, translate_image
 from cyclegan.memory import available_bytes
 from cyclegan.runtime import resolve_device, setup_logging
@@ -66,8 +66,7 @@ class Translator:
         result = tensor_to_image(translate_image(gen, tensor.to(self.device), tile)[0])
         target = self.out_dir / f"{Path(path).stem}_{direction}.png"
         write_image(result, target, alpha)
-        with Image.open(target) as written:  # the page shows what the download holds (alpha included)
-            return written.copy(), str(target)
+        return with_alpha(result, alpha), str(target)  # the page shows what the download holds
 
 
 def build_app(translator: Translator, max_upload_mb: float):
