@@ -1,0 +1,289 @@
+"""Quality parity on photographs: ``cyclegan train`` against the reference design's training loop,
+on the same data, steps and seeds.
+
+    python benchmarks/quality.py               # 3 seeds each, 64x64, 9 blocks, 800 steps (under an hour
+                                               # on 2 cores); docs/benchmarks.md and docs/quality_cycle.png
+    python benchmarks/quality.py --seeds 0 --n_epochs 1 --decay_epoch 0 --blocks 1 --no_report  # smoke run
+
+The task (``tests/photo_task.py``): crops of photographs that scikit-image and scikit-learn ship;
+B is other crops through a fixed colour transform; the test crops come from photographs never
+trained on, and each model is scored by the PSNR of G_AB(test A) against the true B.
+
+- ``reference``: the reference's ``train.py`` loop written out here: its ``ImageDataset``
+  (image A by index, B by ``random.randint``) with a plain PIL/NumPy version of its torchvision
+  transform (resize the shorter side to 1.12x bicubic, random crop, random flip, [-1, 1]), a
+  ``DataLoader`` with ``shuffle=True``, ``weights_init_normal``, PyTorch's default Adam, one
+  ``LambdaLR`` per optimizer stepped per epoch, replay buffers drawing from ``random``, and the
+  literal step of ``tests/reference_step.py``. (Its sample grids are left out: they change no
+  weight.) Seeded with ``random.seed``, ``np.random.seed`` and ``torch.manual_seed``.
+- ``ours``: ``cyclegan train --dataroot TASK --seed S`` as a user runs it, with the same sizes,
+  epochs and decay; scored from the run folder through ``cyclegan.inference.load_generator``.
+
+Every run is its own process with one thread; ``--parallel`` of them run at once. Both arms get
+the same number of steps (``n_epochs`` x 200 images); the cycle loss of every step is kept
+(ours: ``metrics.jsonl`` with ``--log_interval 1``) for the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from photo_task import TEST_PHOTOS, TRAIN_PHOTOS, identity_score, score, write_photo_task  # noqa: E402
+from reference_step import reference_optimizers, reference_step  # noqa: E402
+from train_step import machine, replace_section  # noqa: E402
+
+from cyclegan.models import Discriminator, GeneratorResNet, weights_init_normal  # noqa: E402
+from cyclegan.utils import LambdaLR, ReplayBuffer  # noqa: E402
+
+N_TRAIN = 200  # images per domain: one epoch is 200 steps at batch 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference loop
+
+
+def reference_transform(img: Image.Image, height: int, width: int) -> torch.Tensor:
+    """torchvision's Resize(int(1.12 h), BICUBIC), RandomCrop((h, w)), RandomHorizontalFlip(),
+    ToTensor(), Normalize(0.5, 0.5), in PIL and NumPy, drawing from torch's generator as they do."""
+    size = int(height * 1.12)
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+    top = torch.randint(0, new_h - height + 1, size=(1,)).item()
+    left = torch.randint(0, new_w - width + 1, size=(1,)).item()
+    img = img.crop((left, top, left + width, top + height))
+    if torch.rand(1) < 0.5:
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()).float().div(255)
+    return (x - 0.5) / 0.5
+
+
+class ReferenceImageDataset(torch.utils.data.Dataset):
+    """The reference's ``ImageDataset(root, transforms_, unaligned=True, mode="train")``."""
+
+    def __init__(self, root: Path, height: int, width: int, mode: str = "train") -> None:
+        self.height, self.width = height, width
+        self.files_A = sorted(glob.glob(os.path.join(root, f"{mode}/A") + "/*.*"))
+        self.files_B = sorted(glob.glob(os.path.join(root, f"{mode}/B") + "/*.*"))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image_A = Image.open(self.files_A[index % len(self.files_A)])
+        image_B = Image.open(self.files_B[random.randint(0, len(self.files_B) - 1)])
+        image_A, image_B = image_A.convert("RGB"), image_B.convert("RGB")
+        return {"A": reference_transform(image_A, self.height, self.width),
+                "B": reference_transform(image_B, self.height, self.width)}
+
+    def __len__(self) -> int:
+        return max(len(self.files_A), len(self.files_B))
+
+
+def reference_run(root: Path, seed: int, size: int, blocks: int, n_epochs: int, decay_epoch: int) -> dict:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    shape = (3, size, size)
+    nets = {"G_AB": GeneratorResNet(shape, blocks), "G_BA": GeneratorResNet(shape, blocks),
+            "D_A": Discriminator(shape), "D_B": Discriminator(shape)}
+    for net in nets.values():
+        net.apply(weights_init_normal)
+    opts = reference_optimizers(nets)
+    schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda=LambdaLR(n_epochs, 0, decay_epoch).step)
+                  for o in opts.values()]
+    pools = {"A": ReplayBuffer(50, rng=random), "B": ReplayBuffer(50, rng=random)}
+    loader = torch.utils.data.DataLoader(ReferenceImageDataset(root, size, size), batch_size=1, shuffle=True,
+                                         num_workers=0)
+    cycle = []
+    for _ in range(n_epochs):
+        for batch in loader:
+            losses = reference_step(nets, opts, pools, batch["A"], batch["B"])
+            cycle.append(float(losses["cycle"]))
+        for s in schedulers:
+            s.step()
+    return {"psnr": score(nets["G_AB"], root), "cycle": cycle}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours, as a user runs it
+
+
+def ours_run(root: Path, seed: int, size: int, blocks: int, n_epochs: int, decay_epoch: int, run_dir: Path,
+             extra: list[str]) -> dict:
+    from cyclegan.inference import load_generator
+    from cyclegan.logger import read_metrics
+
+    cmd = [sys.executable, "-m", "cyclegan", "train", "--dataroot", str(root), "--output", str(run_dir),
+           "--overwrite", "--seed", str(seed), "--img_height", str(size), "--img_width", str(size),
+           "--n_residual_blocks", str(blocks), "--n_epochs", str(n_epochs), "--decay_epoch", str(decay_epoch),
+           "--n_cpu", "0", "--logger", "none", "--log_interval", "1", *extra]
+    done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    gen = load_generator(run_dir)
+    records = read_metrics(run_dir)
+    return {"psnr": score(gen.net, root), "cycle": [r["cycle"] for r in records]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def job(args: argparse.Namespace) -> None:
+    """One run in this process (one thread), its result as JSON on stdout."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    if args.job == "reference":
+        result = reference_run(args.task, args.seed, args.size, args.blocks, args.n_epochs, args.decay_epoch)
+    else:
+        run_dir = args.work / f"ours_{args.seed}"
+        result = ours_run(args.task, args.seed, args.size, args.blocks, args.n_epochs, args.decay_epoch, run_dir,
+                          args.ours_flags.split())
+    result.update(arm=args.job, seed=args.seed, seconds=time.perf_counter() - start)
+    print(json.dumps(result))
+
+
+def launch(args: argparse.Namespace, arm: str, seed: int) -> dict:
+    cmd = [sys.executable, __file__, "--job", arm, "--seed", str(seed), "--task", str(args.task),
+           "--work", str(args.work), "--size", str(args.size), "--blocks", str(args.blocks),
+           "--n_epochs", str(args.n_epochs), "--decay_epoch", str(args.decay_epoch), "--ours_flags", args.ours_flags]
+    done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{arm} seed {seed} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"{arm:9s} seed {seed}: {result['psnr']:.2f} dB ({result['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def smooth(values: list[float], window: int) -> np.ndarray:
+    kernel = np.ones(window) / window
+    return np.convolve(np.asarray(values), kernel, mode="valid")
+
+
+def plot_cycle(results: list[dict], path: Path, window: int = 50) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    colours = {"reference": "tab:blue", "ours": "tab:orange"}
+    for r in results:
+        curve = smooth(r["cycle"], window)
+        label = f"{r['arm']} (seed {r['seed']})"
+        ax.plot(np.arange(len(curve)) + window, curve, color=colours[r["arm"]], alpha=0.7, lw=1, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"cycle loss (mean of {window} steps)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarise(results: list[dict], arm: str) -> tuple[float, float, list[float]]:
+    values = [r["psnr"] for r in results if r["arm"] == arm]
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), values
+
+
+def write_report(args: argparse.Namespace, results: list[dict], identity: float, elapsed: float,
+                 command: list[str]) -> None:
+    steps = args.n_epochs * N_TRAIN
+    lines = [
+        "# Quality on photographs: ours against the reference loop",
+        "",
+        f"Made by `python benchmarks/quality.py{' ' + ' '.join(command) if command else ''}` on "
+        f"{time.strftime('%Y-%m-%d')} in {elapsed / 60:.0f} min (runs {args.parallel} at a time, one thread each); "
+        f"machine: {machine(torch.device('cpu'))}.",
+        "",
+        f"The task of `tests/photo_task.py`: {N_TRAIN} crops per domain from {len(TRAIN_PHOTOS)} photographs shipped "
+        f"by scikit-image and scikit-learn, B through a fixed colour transform; {16 * len(TEST_PHOTOS)} test crops of "
+        f"{len(TEST_PHOTOS)} photographs never "
+        f"trained on, scored by the PSNR of G_AB(test A) against the true B. {args.size}x{args.size}, "
+        f"{args.blocks} residual blocks, batch 1, default losses, {steps} steps ({args.n_epochs} epochs, linear "
+        f"decay from epoch {args.decay_epoch}). Doing nothing scores {identity:.2f} dB.",
+        "",
+        "| loop | PSNR mean (dB) | spread (std) | per seed | final cycle loss (mean of last 100 steps) |",
+        "|---|---:|---:|---|---:|",
+    ]
+    for arm, name in (("reference", "reference `train.py` loop"), ("ours", "`cyclegan train`")):
+        mean, std, values = summarise(results, arm)
+        per = ", ".join(f"{v:.2f}" for v in values)
+        finals = [statistics.mean(r["cycle"][-100:]) for r in results if r["arm"] == arm]
+        lines.append(f"| {name} | {mean:.2f} | {std:.2f} | {per} | {statistics.mean(finals):.4f} |")
+    mean_r, std_r, _ = summarise(results, "reference")
+    mean_o, std_o, _ = summarise(results, "ours")
+    verdict = "within" if abs(mean_o - mean_r) <= max(std_r, std_o) else "beyond"
+    lines += ["", f"Difference ours - reference: {mean_o - mean_r:+.2f} dB, {verdict} the seeds' spread ({std_r:.2f} "
+              f"reference, {std_o:.2f} ours). Cycle loss curves: [quality_cycle.png](quality_cycle.png).", ""]
+    replace_section(args.output, "quality", "\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--blocks", type=int, default=9)
+    p.add_argument("--n_epochs", type=int, default=4, help=f"epochs of {N_TRAIN} steps (default: 4)")
+    p.add_argument("--decay_epoch", type=int, default=2)
+    p.add_argument("--parallel", type=int, default=2, help="runs at once, one thread each (default: 2)")
+    p.add_argument("--arms", nargs="+", default=["reference", "ours"], choices=("reference", "ours"))
+    p.add_argument("--ours_flags", default="", help="extra flags for cyclegan train (to swap one piece)")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
+    p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "quality_cycle.png")
+    p.add_argument("--no_report", action="store_true", help="print the figures, write no docs")
+    p.add_argument("--report_only", action="store_true",
+                   help="write the docs from the runs of an earlier call (WORK/results.json)")
+    p.add_argument("--job", choices=("reference", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--task", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.job:
+        return job(args)
+    saved = args.work / "results.json"
+    if args.report_only:
+        record = json.loads(saved.read_text())
+        results, identity, elapsed, command = (record[k] for k in ("results", "identity", "elapsed", "command"))
+        vars(args).update(record["args"])
+    else:
+        start = time.perf_counter()
+        args.task = write_photo_task(args.work / "task", size=args.size, n_train=N_TRAIN)
+        identity = identity_score(args.task)
+        print(f"task in {args.task}; doing nothing scores {identity:.2f} dB", flush=True)
+        pairs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+        with ThreadPoolExecutor(args.parallel) as pool:
+            results = list(pool.map(lambda a: launch(args, *a), pairs))
+        elapsed, command = time.perf_counter() - start, sys.argv[1:]
+        kept = {k: getattr(args, k) for k in ("seeds", "size", "blocks", "n_epochs", "decay_epoch", "ours_flags",
+                                              "parallel")}
+        saved.write_text(json.dumps({"results": results, "identity": identity, "elapsed": elapsed, "args": kept,
+                                     "command": sys.argv[1:]}))
+    for arm in args.arms:
+        mean, std, _ = summarise(results, arm)
+        print(f"{arm}: {mean:.2f} +- {std:.2f} dB")
+    if not args.no_report and set(args.arms) == {"reference", "ours"}:
+        write_report(args, results, identity, elapsed, command)
+        plot_cycle(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()

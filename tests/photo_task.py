@@ -1,0 +1,141 @@
+"""A photographic translation task with a known answer, built from the photographs that
+scikit-image and scikit-learn ship inside their packages (nothing is downloaded).
+
+Domain A: square crops of real photographs. Domain B: *other* crops of the same photographs
+through a fixed colour transform (``colour_transform``), so the two training sets are unpaired.
+The test split holds crops of photographs never trained on, each A with its true B: a generator
+G_AB is scored by its PSNR against that truth (``score``). Used by ``benchmarks/quality.py``
+(``cyclegan train`` against the reference loop) and by the quality regression test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+# (package, file under its data folder). Colour and grey photographs for training; the test
+# photographs are colour ones that training never sees (motorcycle_left and _right, a stereo
+# pair, are both on the training side).
+TRAIN_PHOTOS = (
+    ("skimage", "data/astronaut.png"), ("skimage", "data/hubble_deep_field.jpg"), ("skimage", "data/ihc.png"),
+    ("skimage", "data/motorcycle_left.png"), ("skimage", "data/motorcycle_right.png"),
+    ("skimage", "data/retina.jpg"), ("sklearn", "datasets/images/china.jpg"),
+    ("sklearn", "datasets/images/flower.jpg"), ("skimage", "data/camera.png"), ("skimage", "data/brick.png"),
+    ("skimage", "data/grass.png"), ("skimage", "data/gravel.png"), ("skimage", "data/coins.png"),
+    ("skimage", "data/moon.png"),
+)
+TEST_PHOTOS = (("skimage", "data/chelsea.png"), ("skimage", "data/coffee.png"), ("skimage", "data/rocket.jpg"))
+
+# The hidden mapping A -> B: a softened rotation of the colour channels (rows sum to 1, so grey
+# stays grey) followed by a gamma of 0.8. Invertible, so a cycle can be consistent.
+COLOUR_MATRIX = np.array([[0.2, 0.7, 0.1], [0.1, 0.2, 0.7], [0.7, 0.1, 0.2]])
+GAMMA = 0.8
+
+
+def photo_path(package: str, relative: str) -> Path:
+    """The file of a photograph shipped inside an installed package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"the photographs come from the {package} package: pip install -c constraints.txt "
+                           "-e '.[dev]' installs it")
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing from the installed {package}")
+    return path
+
+
+def load_photo(package: str, relative: str) -> Image.Image:
+    with Image.open(photo_path(package, relative)) as img:
+        return img.convert("RGB")
+
+
+def colour_transform(rgb: np.ndarray, negative: bool = False) -> np.ndarray:
+    """The true A -> B mapping on a uint8 ``(H, W, 3)`` array; ``negative``: its photographic
+    negative, a far larger change (the regression test's task)."""
+    x = rgb.astype(np.float64) / 255.0
+    y = np.clip(x @ COLOUR_MATRIX.T, 0.0, 1.0) ** GAMMA
+    if negative:
+        y = 1.0 - y
+    return np.round(y * 255.0).astype(np.uint8)
+
+
+def random_crop(photo: Image.Image, rng: np.random.Generator, out_size: int,
+                scale: tuple[float, float] = (0.3, 0.6)) -> np.ndarray:
+    """A square crop whose side is a random fraction in ``scale`` of the photo's shorter side, at
+    a random place, resized (Lanczos) to ``out_size``."""
+    w, h = photo.size
+    side = int(rng.uniform(*scale) * min(w, h))
+    left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+    crop = photo.crop((left, top, left + side, top + side)).resize((out_size, out_size), Image.LANCZOS)
+    return np.asarray(crop, dtype=np.uint8)
+
+
+def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_photo: int = 16,
+                     seed: int = 0, scale: tuple[float, float] = (0.3, 0.6), negative: bool = False) -> Path:
+    """Write the task in the reference layout under ``root`` and return ``root``.
+
+    ``train/A`` and ``train/B`` hold ``n_train`` independent crops each (B through the colour
+    transform), stored at 1.25x ``size`` so that the training transform's resize and random crop
+    have work to do; ``test/A/k.png`` is a ``size`` x ``size`` crop of a test photograph and
+    ``test/B/k.png`` its true translation. The same arguments write the same files.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    train = [load_photo(*p) for p in TRAIN_PHOTOS]
+    test = [load_photo(*p) for p in TEST_PHOTOS]
+    for split in ("train", "test"):
+        for domain in ("A", "B"):
+            (root / split / domain).mkdir(parents=True, exist_ok=True)
+    stored = int(round(size * 1.25))
+    for k in range(n_train):
+        a = random_crop(train[int(rng.integers(len(train)))], rng, stored, scale)
+        b = colour_transform(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale), negative)
+        Image.fromarray(a).save(root / "train" / "A" / f"{k:04d}.png")
+        Image.fromarray(b).save(root / "train" / "B" / f"{k:04d}.png")
+    k = 0
+    for photo in test:
+        for _ in range(n_test_per_photo):
+            a = random_crop(photo, rng, size, scale)
+            Image.fromarray(a).save(root / "test" / "A" / f"{k:04d}.png")
+            Image.fromarray(colour_transform(a, negative)).save(root / "test" / "B" / f"{k:04d}.png")
+            k += 1
+    return root
+
+
+def load_test_pairs(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split as two ``(N, 3, H, W)`` tensors in [-1, 1]: inputs A and truths B."""
+    out = []
+    for domain in ("A", "B"):
+        files = sorted((Path(root) / "test" / domain).glob("*.png"))
+        arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        out.append(torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    return out[0], out[1]
+
+
+def psnr_db(images: torch.Tensor, truths: torch.Tensor) -> float:
+    """Mean PSNR in dB over a batch of [-1, 1] images, each quantised to 8 bits as a saved file is."""
+    quantised = torch.round((images.clamp(-1, 1) + 1) * 127.5)
+    reference = torch.round((truths + 1) * 127.5)
+    mse = (quantised - reference).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(255.0**2 / mse)).mean())
+
+
+@torch.no_grad()
+def score(generator: torch.nn.Module, root: Path, batch: int = 16) -> float:
+    """Mean PSNR (dB) of ``generator`` (A -> B, [-1, 1] in and out) on the test split's truths."""
+    inputs, truths = load_test_pairs(root)
+    was_training = generator.training
+    generator.eval()
+    outputs = torch.cat([generator(inputs[i:i + batch]) for i in range(0, len(inputs), batch)])
+    generator.train(was_training)
+    return psnr_db(outputs, truths)
+
+
+def identity_score(root: Path) -> float:
+    """The PSNR of doing nothing: test A itself against the truths."""
+    inputs, truths = load_test_pairs(root)
+    return psnr_db(inputs, truths)
