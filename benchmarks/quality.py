@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from photo_task import TEST_PHOTOS, TRAIN_PHOTOS, identity_score, score, write_photo_task  # noqa: E402
+from photo_task import TEST_PHOTOS, TRAIN_PHOTOS, constant_score, identity_score, score, write_photo_task  # noqa: E402
 from reference_step import reference_optimizers, reference_step  # noqa: E402
 from train_step import machine, replace_section  # noqa: E402
 
@@ -204,7 +204,7 @@ def summarise(results: list[dict], arm: str) -> tuple[float, float, list[float]]
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0), values
 
 
-def write_report(args: argparse.Namespace, results: list[dict], identity: float, elapsed: float,
+def write_report(args: argparse.Namespace, results: list[dict], identity: float, constant: float, elapsed: float,
                  command: list[str]) -> None:
     steps = args.n_epochs * N_TRAIN
     lines = [
@@ -219,7 +219,8 @@ def write_report(args: argparse.Namespace, results: list[dict], identity: float,
         f"{len(TEST_PHOTOS)} photographs never "
         f"trained on, scored by the PSNR of G_AB(test A) against the true B. {args.size}x{args.size}, "
         f"{args.blocks} residual blocks, batch 1, default losses, {steps} steps ({args.n_epochs} epochs, linear "
-        f"decay from epoch {args.decay_epoch}). Doing nothing scores {identity:.2f} dB.",
+        f"decay from epoch {args.decay_epoch}). Doing nothing scores {identity:.2f} dB; ignoring the input (the mean "
+        f"image of train B) {constant:.2f} dB.",
         "",
         "| loop | PSNR mean (dB) | spread (std) | per seed | final cycle loss (mean of last 100 steps) |",
         "|---|---:|---:|---|---:|",
@@ -281,7 +282,7 @@ def main() -> None:
         mean, std, _ = summarise(results, arm)
         print(f"{arm}: {mean:.2f} +- {std:.2f} dB")
     if not args.no_report and set(args.arms) == {"reference", "ours"}:
-        write_report(args, results, identity, elapsed, command)
+        write_report(args, results, identity, constant_score(args.work / "task"), elapsed, command)
         plot_cycle(results, args.plot)
 
 

@@ -53,13 +53,10 @@ def load_photo(package: str, relative: str) -> Image.Image:
         return img.convert("RGB")
 
 
-def colour_transform(rgb: np.ndarray, negative: bool = False) -> np.ndarray:
-    """The true A -> B mapping on a uint8 ``(H, W, 3)`` array; ``negative``: its photographic
-    negative, a far larger change (the regression test's task)."""
+def colour_transform(rgb: np.ndarray) -> np.ndarray:
+    """The true A -> B mapping on a uint8 ``(H, W, 3)`` array."""
     x = rgb.astype(np.float64) / 255.0
     y = np.clip(x @ COLOUR_MATRIX.T, 0.0, 1.0) ** GAMMA
-    if negative:
-        y = 1.0 - y
     return np.round(y * 255.0).astype(np.uint8)
 
 
@@ -75,7 +72,7 @@ def random_crop(photo: Image.Image, rng: np.random.Generator, out_size: int,
 
 
 def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_photo: int = 16,
-                     seed: int = 0, scale: tuple[float, float] = (0.3, 0.6), negative: bool = False) -> Path:
+                     seed: int = 0, scale: tuple[float, float] = (0.3, 0.6)) -> Path:
     """Write the task in the reference layout under ``root`` and return ``root``.
 
     ``train/A`` and ``train/B`` hold ``n_train`` independent crops each (B through the colour
@@ -93,7 +90,7 @@ def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_
     stored = int(round(size * 1.25))
     for k in range(n_train):
         a = random_crop(train[int(rng.integers(len(train)))], rng, stored, scale)
-        b = colour_transform(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale), negative)
+        b = colour_transform(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale))
         Image.fromarray(a).save(root / "train" / "A" / f"{k:04d}.png")
         Image.fromarray(b).save(root / "train" / "B" / f"{k:04d}.png")
     k = 0
@@ -101,7 +98,7 @@ def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_
         for _ in range(n_test_per_photo):
             a = random_crop(photo, rng, size, scale)
             Image.fromarray(a).save(root / "test" / "A" / f"{k:04d}.png")
-            Image.fromarray(colour_transform(a, negative)).save(root / "test" / "B" / f"{k:04d}.png")
+            Image.fromarray(colour_transform(a)).save(root / "test" / "B" / f"{k:04d}.png")
             k += 1
     return root
 
@@ -139,3 +136,14 @@ def identity_score(root: Path) -> float:
     """The PSNR of doing nothing: test A itself against the truths."""
     inputs, truths = load_test_pairs(root)
     return psnr_db(inputs, truths)
+
+
+def constant_score(root: Path) -> float:
+    """The PSNR of ignoring the input: the mean image of train B (what a generator that learns
+    only B's colours and no structure tends to) against every truth."""
+    files = sorted((Path(root) / "train" / "B").glob("*.png"))
+    _, truths = load_test_pairs(root)
+    size = truths.shape[-2:]
+    images = [Image.open(f).convert("RGB").resize((size[1], size[0]), Image.BICUBIC) for f in files]
+    mean = torch.from_numpy(np.stack([np.asarray(i) for i in images]).mean(0)).permute(2, 0, 1).float() / 127.5 - 1
+    return psnr_db(mean.expand_as(truths), truths)
