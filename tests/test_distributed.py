@@ -23,11 +23,11 @@ WRAPPER = '''
 import os, sys, torch
 import cyclegan.train as T
 from cyclegan.distributed import unwrap
-real, count = T.train_step, [0]
+real, count = T.run_step, [0]
 rank, dump, fail_at = int(os.environ.get("RANK", "0")), os.environ.get("DUMP_DIR"), int(os.environ.get("FAIL_AT", "0"))
 
-def step(nets, *args, **kwargs):
-    losses = real(nets, *args, **kwargs)
+def step(config, nets, *args, **kwargs):
+    losses = real(config, nets, *args, **kwargs)
     count[0] += 1
     if dump:
         torch.save({n: torch.cat([p.detach().flatten() for p in unwrap(m).parameters()]) for n, m in nets.items()},
@@ -36,7 +36,7 @@ def step(nets, *args, **kwargs):
         raise RuntimeError("rank 1 fails on purpose")
     return losses
 
-T.train_step = step
+T.run_step = step
 sys.exit(T.main(sys.argv[1:]))
 '''
 
@@ -93,6 +93,24 @@ def test_two_processes_match_one_process_on_the_global_batch(data, tmp_path):
     steps = [json.loads(line)["step"] for line in (tmp_path / "run2" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4]  # the last step of each epoch (2 steps an epoch)
     assert (tmp_path / "run2" / "report.html").is_file()
+
+
+def test_cut_under_torchrun_keeps_every_rank_equal_at_every_step(data, tmp_path):
+    # Each rank samples its own patch locations (and FastCUT its own flips): the gradients are
+    # averaged, so the ranks stay equal, but a single process on the global batch samples others.
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--model", "fastcut", "--nce_layers", "0,4,7,10",
+                    "--num_patches", "16", "--n_epochs", "1", "--decay_epoch", "0", "--batch_size", "2",
+                    "--output", str(tmp_path / "run"), env={"DUMP_DIR": str(dump)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    for s in (1, 2):
+        rank0, rank1 = torch.load(dump / f"rank0_step{s}.pt"), torch.load(dump / f"rank1_step{s}.pt")
+        assert set(rank0) == {"G_AB", "D_B", "F"}
+        for name in rank0:
+            assert torch.equal(rank0[name], rank1[name]), (s, name)
+    states, _ = load_run_checkpoint(list_run_checkpoints(tmp_path / "run")[-1])
+    assert set(states) == {"G_AB", "D_B", "F"} and "mlps.0.0.weight" in states["F"]
 
 
 def test_resume_across_process_counts(data, tmp_path):

@@ -362,3 +362,27 @@ def test_translate_picks_tiles_by_itself_when_a_whole_image_would_not_fit(tmp_pa
     caplog.clear()
     assert translate.main([*args, "--output", str(tmp_path / "whole")]) == 0
     assert "translating in" not in caplog.text
+
+
+def test_evaluate_a_cut_run_without_a_cycle(tmp_path):
+    inception = write_inception_stand_in(tmp_path / "inception.pt")
+    torch.manual_seed(0)
+    config = TrainConfig(model="cut", img_height=32, img_width=32, n_residual_blocks=1, ngf=8, ndf=8,
+                         nce_layers="0,4,7,10", netD="basic")
+    run = tmp_path / "cut"
+    nets = build_networks(config)
+    assert set(nets) == {"G_AB", "D_B", "F"}
+    save_networks(checkpoint_path(run, 1), nets, {"epoch": 1, "config": config.to_json()})
+    for k in range(4):
+        smooth_image(tmp_path / "testA" / f"{k:02d}.png", (36, 32), seed=k)
+        smooth_image(tmp_path / "testB" / f"{k:02d}.png", (36, 32), seed=100 + k)
+    out = tmp_path / "metrics.json"
+    result = run_cli("evaluate", "--checkpoint", str(run), "--input", str(tmp_path / "testA"), "--real",
+                     str(tmp_path / "testB"), "--paired", str(tmp_path / "testB"), "--inception", str(inception),
+                     "--json", str(out), "--kid_subset_size", "2")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(out.read_text())
+    assert {"fid", "kid", "psnr", "ssim"} <= set(metrics) and "cycle_l1" not in metrics
+    refused = run_cli("evaluate", "--checkpoint", str(run), "--direction", "BtoA", "--input", str(tmp_path / "testB"),
+                      "--real", str(tmp_path / "testA"), "--inception", str(inception))
+    assert refused.returncode != 0 and "trains only G_AB" in refused.stderr

@@ -103,7 +103,7 @@ def test_running_out_of_memory_says_which_flag_and_size_would_fit(tmp_path, monk
 
     for domain in "AB":
         write_images(tmp_path / "data" / "train" / domain, 2, size=(256, 256))
-    monkeypatch.setattr(train_module, "train_step", exhausted)
+    monkeypatch.setattr(train_module, "run_step", exhausted)
     monkeypatch.setattr(memory, "available_bytes", lambda device: 256 * 2**20)
     code = train_module.main(["--dataroot", str(tmp_path / "data"), "--output", str(tmp_path / "run"), *SMALL_RUN,
                               "--img_height", "256", "--img_width", "256", "--logger", "none"])

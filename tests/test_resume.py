@@ -48,12 +48,18 @@ def assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
+CUT = ("--nce_layers", "0,4,7,10", "--num_patches", "16")
+
+
 @pytest.mark.parametrize("extra", [(), ("--gan_mode", "wgangp", "--pool_size", "0", "--use_dropout"),
-                                   ("--amp", "fp16", "--channels_last", "on", "--ngf", "8", "--ndf", "8")],
-                         ids=["reference", "wgangp-dropout", "fp16-channels_last"])
+                                   ("--amp", "fp16", "--channels_last", "on", "--ngf", "8", "--ndf", "8"),
+                                   ("--model", "cut", *CUT), ("--model", "fastcut", *CUT)],
+                         ids=["reference", "wgangp-dropout", "fp16-channels_last", "cut", "fastcut"])
 def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_path, extra):
     # 4 batches an epoch, 12 steps; the learning rate halves at epoch 3, after the resume point.
-    # The second case draws random numbers in the step itself (dropout, the penalty's mixing).
+    # The second case draws random numbers in the step itself (dropout, the penalty's mixing), and
+    # so do CUT (the sampled patch locations) and FastCUT (the flips too); their networks include
+    # the projection head F, and their optimizers its own.
     straight = tmp_path / "straight"
     result = run_cli("train", "--dataroot", str(image_folders), "--output", str(straight), *RUN, *extra)
     assert result.returncode == 0, result.stderr
@@ -80,6 +86,9 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
     assert (state_a["scaler"] is not None) == ("fp16" in extra)
     # The schedule crossed the resume point: full rate at step 6, half in epoch 3, zero after it.
     assert state_a["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0
+    if "--model" in extra:
+        assert {k.split(".")[0] for k in nets_a} == {"G_AB", "D_B", "F"} and set(state_a["optimizers"]) == {
+            "G", "D_B", "F"}
 
 
 def test_keep_checkpoints_and_save_every_steps(image_folders, tmp_path):
@@ -289,24 +298,27 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(image_folders, t
     assert networks_only.returncode == 2
 
 
-def test_a_non_finite_loss_stops_the_run_naming_the_term_and_the_files(image_folders, tmp_path, monkeypatch):
+@pytest.mark.parametrize("model,term", [("cyclegan", "cycle"), ("cut", "nce")])
+def test_a_non_finite_loss_stops_the_run_naming_the_term_and_the_files(image_folders, tmp_path, monkeypatch, model,
+                                                                        term):
     run = tmp_path / "run"
-    real_step = train_module.train_step
+    real_step = train_module.run_step
     calls = {"n": 0}
 
     def exploding(*args, **kwargs):
         losses = real_step(*args, **kwargs)
         calls["n"] += 1
         if calls["n"] == 3:
-            losses["cycle"] = torch.tensor(float("nan"))
+            losses[term] = torch.tensor(float("nan"))
         return losses
 
-    monkeypatch.setattr(train_module, "train_step", exploding)
-    code = train_module.main(["--dataroot", str(image_folders), "--output", str(run), *RUN, "--save_every_steps",
-                              "1"])
+    monkeypatch.setattr(train_module, "run_step", exploding)
+    extra = ("--model", model, *CUT) if model != "cyclegan" else ()
+    code = train_module.main(["--dataroot", str(image_folders), "--output", str(run), *RUN, *extra,
+                              "--save_every_steps", "1"])
     assert code == 3
     report = (run / "diverged_batch.txt").read_text()
-    assert report.startswith("step 3, epoch 1, batch 3: loss cycle is not finite")
+    assert report.startswith(f"step 3, epoch 1, batch 3: loss {term} is not finite")
     assert "A " + str(image_folders / "train" / "A") in report and "B " + str(image_folders / "train" / "B") in report
     assert [p.name for p in list_run_checkpoints(run)] == ["step_000000001", "step_000000002"]
 

@@ -3,7 +3,8 @@ one safetensors file), run checkpoints for ``--resume`` (networks, optimizers, s
 replay buffers, RNG states, position), and weights files of other programs.
 
 A checkpoint ``checkpoints/epoch_N.safetensors`` in a run folder holds the weights of G_AB,
-G_BA, D_A and D_B after N completed epochs, their keys prefixed by the network's name
+G_BA, D_A and D_B (``--model cut`` / ``fastcut``: G_AB, D_B and the projection head F) after N
+completed epochs, their keys prefixed by the network's name
 (``G_AB.model.1.weight``), and as metadata the epoch and the run's config as JSON. safetensors
 holds tensors only, so loading a checkpoint never executes code. Weights saved by the reference
 code (``G_AB_<N>.pth``, pickles) load through ``torch.load(weights_only=True)``, which refuses
@@ -30,7 +31,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import NETWORK_NAMES
+from cyclegan.models import NETWORK_NAMES, network_names
 from cyclegan.utils import ReplayBuffer, atomic_write, fsync_dir, replace_dir
 
 __all__ = [
@@ -241,7 +242,13 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[st
     for key, value in tensors.items():
         name, _, rest = key.partition(".")
         states.setdefault(name, {})[rest] = value
-    missing = [n for n in NETWORK_NAMES if n not in states]
+    saved = state.get("config")
+    model = saved.get("model", "cyclegan") if isinstance(saved, dict) else "cyclegan"
+    try:
+        names = network_names(model)
+    except ValueError:
+        raise CycleGANError(f"checkpoint {path} is of an unknown --model {model!r}") from None
+    missing = [n for n in names if n not in states]
     if missing:
         raise CycleGANError(f"checkpoint {path} lacks the networks {', '.join(missing)}")
     return states, state

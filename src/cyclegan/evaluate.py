@@ -11,7 +11,7 @@
   Images are resized to 299x299 (bicubic) first.
 - With ``--paired DIR`` (ground truth named as the inputs, as in the paper's Cityscapes
   protocol): PSNR, SSIM and L1 of each translation against its truth.
-- With a checkpoint holding both generators: the cycle-consistency error, the mean absolute
+- With a CycleGAN checkpoint holding both generators (not CUT's): the cycle-consistency error, the mean absolute
   difference between an input and its round trip through both generators (on [-1, 1], as the
   training loss).
 
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gen = load_generator(args.checkpoint, args.direction, device)
         names, inputs = _read_folder(args.input, gen.in_channels, "--input")
         back = None
-        if gen.config:  # a run's checkpoint: the other generator closes the cycle
+        if gen.config.get("model", "cyclegan") == "cyclegan" and gen.config:  # the other generator closes the cycle
             back = load_generator(args.checkpoint, "BtoA" if args.direction == "AtoB" else "AtoB", device)
         size = args.size or (min(gen.train_size) if gen.train_size else 256)
         fakes, cycle = [], []

@@ -87,6 +87,11 @@ def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any],
     """One generator of a run's checkpoint, built from the run's config as training built it."""
     config = TrainConfig.from_json(saved)
     name = "G_AB" if direction == "AtoB" else "G_BA"
+    if name not in states:
+        raise CycleGANError(
+            f"--direction {direction}: {source} is a --model {config.model} run, which trains only G_AB (A to B); "
+            "translate with --direction AtoB (the default), or train a cyclegan run for both directions"
+        )
     with torch.device("meta"):  # the weights come from the checkpoint: nothing to allocate or draw
         net = build_generator(config, direction, initialise=False)
     net.load_state_dict(states[name], assign=True)

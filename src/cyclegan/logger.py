@@ -7,7 +7,9 @@ a tqdm bar on a terminal, else a log line every tenth of an epoch.
 ``RunLogger`` is made on rank 0 only (other ranks get ``NullLogger``). Every ``--log_interval``
 steps and at the end of each epoch it appends one JSON line to ``<run>/metrics.jsonl``:
 ``{"step", "epoch", "batch", "time", "D", "G", "adv", "cycle", "identity", "D_A", "D_B",
-"lr_G", "lr_D", "img_s", "peak_fraction"}``, and sends the same scalars to the backend:
+"lr_G", "lr_D", "img_s", "peak_fraction"}`` (CUT and FastCUT: ``"nce"`` and, with the identity
+term, ``"nce_identity"`` instead of cycle, identity and D_A), and sends the same scalars to the
+backend:
 
 - ``tensorboard`` (the default): event files in ``<run>/tensorboard``, scalars under ``loss/``,
   ``lr/`` and ``speed/``, the sample grid as the image ``samples`` every ``--sample_interval``
@@ -40,6 +42,8 @@ log = logging.getLogger("cyclegan.logger")
 train_log = logging.getLogger("cyclegan.train")
 
 LOGGERS = ("tensorboard", "wandb", "none")
+# The loss terms the progress line shows, those of the run's model that are there.
+LOSS_TERMS = ("D", "G", "adv", "cycle", "identity", "nce", "nce_identity")
 
 
 class Progress:
@@ -55,11 +59,8 @@ class Progress:
                         leave=False) if tty else None
 
     def update(self, i: int, losses: dict[str, float], img_per_s: float, peak_fraction: float, eta_s: float) -> None:
-        text = (
-            f"D {losses['D']:.4f} G {losses['G']:.4f} adv {losses['adv']:.4f} "
-            f"cycle {losses['cycle']:.4f} identity {losses['identity']:.4f} | {img_per_s:.3g} img/s | "
-            f"{peak_fraction:.0%} of peak"
-        )
+        terms = " ".join(f"{k} {losses[k]:.4f}" for k in LOSS_TERMS if k in losses)
+        text = f"{terms} | {img_per_s:.3g} img/s | {peak_fraction:.0%} of peak"
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text} | ETA {format_eta(eta_s)}", refresh=False)
             self.bar.update(1)

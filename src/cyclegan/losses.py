@@ -4,6 +4,9 @@ Adversarial, by ``gan_mode``: ``lsgan`` (the reference's and the paper's: ``MSE(
 real, ``MSE(D(x), 0)`` for fake), ``vanilla`` (binary cross-entropy on logits), ``wgangp``
 (Wasserstein: ``-mean D(x)`` for real, ``mean D(x)`` for fake, with ``gradient_penalty``).
 Cycle consistency and identity: L1.
+
+PatchNCE (CUT, Park et al. 2020): ``patch_nce_loss`` of the projected features of sampled
+locations of the output (queries) against those of the input at the same locations (keys).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["gan_loss", "gradient_penalty", "cycle_loss", "identity_loss"]
+__all__ = ["gan_loss", "gradient_penalty", "cycle_loss", "identity_loss", "patch_nce_loss"]
 
 
 def gan_loss(prediction: torch.Tensor, target_is_real: bool, gan_mode: str = "lsgan") -> torch.Tensor:
@@ -48,3 +51,27 @@ def cycle_loss(recovered: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def identity_loss(same: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """L1 between an image and its image under the generator into its own domain."""
     return F.l1_loss(same, real)
+
+
+def patch_nce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int, tau: float = 0.07) -> torch.Tensor:
+    """PatchNCE per query patch, ``(batch_size * P,)``: cross-entropy of picking, among the P key
+    patches of the same image, the one at the query's own location.
+
+    ``feat_q`` and ``feat_k`` are ``(batch_size * P, dim)`` (image-major, as ``PatchSampleMLP``
+    gives them), L2-normalised; the keys are not differentiated through. For query i of an image,
+    the logits are ``q_i . k_i / tau`` (the positive) and ``q_i . k_j / tau`` for the other
+    locations j of the same image (the negatives); the j = i entry of the negatives is set to
+    -10 / tau, which removes it, as the official implementation does.
+    """
+    feat_k = feat_k.detach()
+    dim = feat_q.size(1)
+    l_pos = (feat_q * feat_k).sum(dim=1, keepdim=True)
+    q = feat_q.view(batch_size, -1, dim)
+    k = feat_k.view(batch_size, -1, dim)
+    patches = q.size(1)
+    l_neg = torch.bmm(q, k.transpose(2, 1))
+    diagonal = torch.eye(patches, device=feat_q.device, dtype=torch.bool)[None]
+    l_neg = l_neg.masked_fill(diagonal, -10.0).view(-1, patches)
+    logits = torch.cat([l_pos, l_neg], dim=1) / tau
+    target = torch.zeros(logits.size(0), dtype=torch.long, device=feat_q.device)
+    return F.cross_entropy(logits, target, reduction="none")

@@ -22,6 +22,7 @@ discriminators are left as they are: their activations are a small part of a ste
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -44,7 +45,7 @@ from cyclegan.models import (
     build_networks,
 )
 from cyclegan.options import TrainConfig
-from cyclegan.step import train_step
+from cyclegan.step import NCESettings, cut_train_step, train_step
 
 __all__ = ["CHECKPOINTING_MODES", "CheckpointedSequential", "checkpoint_activations", "saved_activation_bytes",
            "step_on_meta",
@@ -196,11 +197,15 @@ def step_on_meta(config: TrainConfig, batch_size: int | None = None, mode: str =
             checkpoint_activations(net, mode)
         real_A = torch.zeros(n, config.channels_A, config.img_height, config.img_width)
         real_B = torch.zeros(n, config.channels_B, config.img_height, config.img_width)
-        optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B")}
+        optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B", "F")}
         gan_mode = "lsgan" if config.gan_mode == "wgangp" else config.gan_mode
         with around():
-            train_step({k: nets[k] for k in NETWORK_NAMES}, optimizers, {"A": None, "B": None}, real_A, real_B,
-                       config.lambda_cyc, config.lambda_id, gan_mode)
+            if config.model == "cyclegan":
+                train_step({k: nets[k] for k in NETWORK_NAMES}, optimizers, {"A": None, "B": None}, real_A, real_B,
+                           config.lambda_cyc, config.lambda_id, gan_mode)
+            else:
+                settings = dataclasses.replace(NCESettings.of(config), gan_mode=gan_mode)
+                cut_train_step(nets, optimizers, real_A, real_B, settings)
 
 
 def available_bytes(device: torch.device) -> int:

@@ -43,10 +43,18 @@ __all__ = [
     "define_G",
     "define_D",
     "NETWORK_NAMES",
+    "MODELS",
+    "network_names",
+    "PatchSampleMLP",
+    "nce_layer_indices",
+    "encoder",
+    "feature_channels",
+    "encode_features",
     "NetworkConfig",
     "build_generator",
     "build_discriminator",
     "build_networks",
+    "build_patch_mlp",
     "generator_multiple",
     "discriminator_min_side",
     "GENERATORS",
@@ -55,7 +63,11 @@ __all__ = [
     "INIT_TYPES",
 ]
 
-NETWORK_NAMES = ("G_AB", "G_BA", "D_A", "D_B")  # the four networks of a run, in the order they are built
+NETWORK_NAMES = ("G_AB", "G_BA", "D_A", "D_B")  # the four networks of a CycleGAN run, in the order they are built
+# --model: CycleGAN, or its successors CUT and FastCUT (one generator G_AB, one discriminator D_B,
+# and the PatchNCE projection head F).
+MODELS = ("cyclegan", "cut", "fastcut")
+CUT_NETWORK_NAMES = ("G_AB", "D_B", "F")
 GENERATORS = ("resnet", "unet_128", "unet_256")
 DISCRIMINATORS = ("reference", "basic", "n_layers", "pixel")
 NORMS = ("instance", "batch", "none")
@@ -465,9 +477,104 @@ def discriminator_min_side(netD: str, n_layers_D: int = 3) -> int:
     return 32 if netD == "reference" else 1
 
 
+def network_names(model: str) -> tuple[str, ...]:
+    """The networks of a ``--model`` run, in the order they are built (and saved)."""
+    if model == "cyclegan":
+        return NETWORK_NAMES
+    if model in ("cut", "fastcut"):
+        return CUT_NETWORK_NAMES
+    raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
+
+
+class PatchSampleMLP(nn.Module):
+    """CUT's projection head F: for each chosen generator layer, a two-layer MLP (Linear, ReLU,
+    Linear to ``nc``) applied to the features of ``num_patches`` locations sampled at random, each
+    output L2-normalised. The locations drawn for one set of features (the input's) are passed
+    back as ``patch_ids`` for the other (the output's), so that the patches correspond."""
+
+    def __init__(self, in_channels: Sequence[int], nc: int = 256) -> None:
+        super().__init__()
+        self.nc = nc
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Linear(c, nc), nn.ReLU(), nn.Linear(nc, nc)) for c in in_channels
+        )
+
+    def forward(self, feats: Sequence[torch.Tensor], num_patches: int,
+                patch_ids: Sequence[torch.Tensor] | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """``feats[k]`` is ``(B, C_k, H_k, W_k)``; returns ``([(B * P_k, nc)], [locations])`` with
+        ``P_k = min(num_patches, H_k * W_k)`` locations per image (the same for every image)."""
+        if len(feats) != len(self.mlps):
+            raise ValueError(f"PatchSampleMLP has {len(self.mlps)} heads, got {len(feats)} feature maps")
+        out, ids = [], []
+        for k, (feat, mlp) in enumerate(zip(feats, self.mlps)):
+            flat = feat.permute(0, 2, 3, 1).flatten(1, 2)  # (B, H*W, C)
+            if patch_ids is None:
+                index = torch.randperm(flat.size(1), device=feat.device)[:min(num_patches, flat.size(1))]
+            else:
+                index = patch_ids[k]
+            x = mlp(flat[:, index, :].flatten(0, 1))
+            out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-7))
+            ids.append(index)
+        return out, ids
+
+
+def nce_layer_indices(text: str) -> tuple[int, ...]:
+    """``--nce_layers "0,4,7,10,14"`` as sorted, distinct indices."""
+    try:
+        values = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--nce_layers {text!r}: give comma-separated layer indices, e.g. 0,4,7,10,14") from None
+    if not values or values[0] < 0:
+        raise ValueError(f"--nce_layers {text!r}: give comma-separated layer indices of 0 or more")
+    return tuple(values)
+
+
+def encoder(G: nn.Module) -> nn.Sequential:
+    """The layer sequence of a ResNet generator (``GeneratorResNet`` or ``ResnetGenerator``), whose
+    first ``10 + n_blocks`` layers are the encoder that PatchNCE reads: 0 the reflection-padded
+    image, 1-3 the 7x7 convolution, its norm and ReLU, 4-6 and 7-9 the two downsampling
+    convolutions (conv, norm, ReLU), then one layer per residual block."""
+    model = getattr(G, "model", None)
+    if not isinstance(model, nn.Sequential):
+        raise ValueError(f"PatchNCE reads the layers of a ResNet generator; {type(G).__name__} has none")
+    return model
+
+
+def encode_features(G: nn.Module, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+    """The outputs of ``layers`` of ``encoder(G)`` for input ``x``; the layers after the last one
+    asked for are not run. A feature that the next layer would overwrite in place is kept intact."""
+    seq = list(encoder(G))
+    wanted, last, feats = set(layers), max(layers), []
+    for i, layer in enumerate(seq[: last + 1]):
+        x = layer(x)
+        if i in wanted:
+            feats.append(x)
+            if i < last and getattr(seq[i + 1], "inplace", False):
+                x = x.clone()
+    return feats
+
+
+def feature_channels(G: nn.Module, layers: Sequence[int], in_channels: int) -> list[int]:
+    """The channel count of the output of each of ``layers`` of ``encoder(G)``."""
+    seq = list(encoder(G))
+    if max(layers) >= len(seq):
+        raise ValueError(f"layer {max(layers)} is beyond the generator's {len(seq)} layers")
+    channels, out = in_channels, []
+    for i, layer in enumerate(seq[: max(layers) + 1]):
+        convs = [m for m in layer.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        if convs and not isinstance(layer, (ResidualBlock, ResnetBlock)):
+            channels = convs[-1].out_channels
+        if i in layers:
+            out.append(channels)
+    return out
+
+
 class NetworkConfig(Protocol):
     """The settings the builders read (``options.TrainConfig`` has them all)."""
 
+    model: str
+    nce_layers: str
+    netF_nc: int
     netG: str
     upsample: str
     ngf: int
@@ -512,9 +619,21 @@ def build_discriminator(config: NetworkConfig, domain: str) -> nn.Module:
                     init_gain=config.init_gain)
 
 
+def build_patch_mlp(config: NetworkConfig, G: nn.Module) -> PatchSampleMLP:
+    """CUT's projection head F for generator ``G``, initialised as the config says."""
+    layers = nce_layer_indices(config.nce_layers)
+    net = PatchSampleMLP(feature_channels(G, layers, config.channels_A), config.netF_nc)
+    return init_weights(net, config.init_type, config.init_gain)
+
+
 def build_networks(config: NetworkConfig) -> dict[str, nn.Module]:
-    """G_AB, G_BA, D_A, D_B for the config, initialised (by default N(0, 0.02), as the reference),
-    in that order (the order the random initialisation draws in)."""
+    """The networks of the config's ``model``, initialised (by default N(0, 0.02), as the
+    reference), in the order of ``network_names`` (the order the random initialisation draws in):
+    G_AB, G_BA, D_A, D_B for CycleGAN; G_AB, D_B and the projection head F for CUT and FastCUT."""
+    if config.model != "cyclegan":
+        network_names(config.model)  # refuses an unknown model
+        G = build_generator(config, "AtoB")
+        return {"G_AB": G, "D_B": build_discriminator(config, "B"), "F": build_patch_mlp(config, G)}
     return {  # NETWORK_NAMES
         "G_AB": build_generator(config, "AtoB"),
         "G_BA": build_generator(config, "BtoA"),

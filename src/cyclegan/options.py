@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import DISCRIMINATORS, INIT_TYPES, NORMS, discriminator_min_side, generator_multiple
+from cyclegan.models import (
+    DISCRIMINATORS,
+    INIT_TYPES,
+    MODELS,
+    NORMS,
+    discriminator_min_side,
+    generator_multiple,
+    nce_layer_indices,
+)
 
 __all__ = ["TrainConfig", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
            "GAN_MODES"]
@@ -39,6 +47,17 @@ ARCH_PRESETS = {
     "reference": {"upsample": "nearest", "netD": "reference"},
     "official": {"upsample": "transpose", "netD": "basic"},
 }
+# --model presets: the official CUT implementation's settings (Park et al., 2020). CUT trains 200
+# epochs at the initial rate and 200 decaying, FastCUT 150 and 50: those two apply together, when
+# neither --n_epochs nor --decay_epoch is given.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "cyclegan": {},
+    "cut": {"netD": "basic", "init_type": "xavier", "pool_size": 0, "lambda_NCE": 1.0, "nce_idt": True,
+            "flip_equivariance": False},
+    "fastcut": {"netD": "basic", "init_type": "xavier", "pool_size": 0, "lambda_NCE": 10.0, "nce_idt": False,
+                "flip_equivariance": True},
+}
+MODEL_EPOCHS = {"cut": (400, 200), "fastcut": (200, 150)}
 
 
 @dataclass
@@ -63,6 +82,15 @@ class TrainConfig:
     n_residual_blocks: int = 9
     lambda_cyc: float = 10.0
     lambda_id: float = 5.0
+    # Model: CycleGAN, or CUT / FastCUT (contrastive unpaired translation) and their PatchNCE loss.
+    model: str = "cyclegan"
+    lambda_NCE: float = 1.0
+    nce_idt: bool = True
+    flip_equivariance: bool = False
+    nce_layers: str = "0,4,7,10,14"
+    num_patches: int = 256
+    nce_T: float = 0.07
+    netF_nc: int = 256
     # Run.
     dataroot: str | None = None
     output: str | None = None
@@ -135,12 +163,21 @@ class TrainConfig:
 
 
 # Options that describe the networks; a run restarted with --epoch N must keep them.
-ARCHITECTURE_FIELDS = ("netG", "upsample", "ngf", "use_dropout", "netD", "n_layers_D", "ndf", "norm",
-                       "n_residual_blocks", "channels", "input_nc", "output_nc")
+ARCHITECTURE_FIELDS = ("model", "netG", "upsample", "ngf", "use_dropout", "netD", "n_layers_D", "ndf", "norm",
+                       "n_residual_blocks", "channels", "input_nc", "output_nc", "nce_layers", "netF_nc")
 
 
 def _help(text: str, default: Any) -> str:
     return f"{text} (default: {default})"
+
+
+def _true_or_false(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("true", "on", "yes", "1"):
+        return True
+    if value in ("false", "off", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -181,6 +218,28 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "number of residual blocks in generator", d.n_residual_blocks))
     ref.add_argument("--lambda_cyc", type=float, help=_help("cycle loss weight", d.lambda_cyc))
     ref.add_argument("--lambda_id", type=float, help=_help("identity loss weight", d.lambda_id))
+
+    model = p.add_argument_group("model: CycleGAN, CUT or FastCUT")
+    model.add_argument("--model", choices=MODELS, help=_help(
+        "cyclegan: two generators, two discriminators, cycle and identity losses. cut: one generator A->B, one "
+        "discriminator and the patchwise contrastive loss PatchNCE (Park et al., 2020), with its identity term "
+        "on B; fastcut: the same with lambda_NCE 10, no identity term and flip-equivariance. cut and fastcut set "
+        "the official CUT defaults of the flags below and --netD basic --init_type xavier --pool_size 0, and "
+        "train 400 (cut) or 200 (fastcut) epochs decaying from 200 or 150, unless those flags are given", "cyclegan"))
+    model.add_argument("--lambda_NCE", type=float, help=_help("PatchNCE loss weight", "1 (cut), 10 (fastcut)"))
+    model.add_argument("--nce_idt", type=_true_or_false, metavar="{true,false}", help=_help(
+        "also apply PatchNCE to G(B) against B (the identity term)", "true (cut), false (fastcut)"))
+    model.add_argument("--flip_equivariance", type=_true_or_false, metavar="{true,false}", help=_help(
+        "flip the input of half the steps left-right and compare the output's features flipped back",
+        "false (cut), true (fastcut)"))
+    model.add_argument("--nce_layers", help=_help(
+        "generator layers whose features PatchNCE compares: 0 is the image, 4 and 7 the two downsampling "
+        "convolutions, 10 + k the output of residual block k + 1 (the paper's choice: the image, both "
+        "downsamplings, the first and fifth residual block)", d.nce_layers))
+    model.add_argument("--num_patches", type=int, help=_help(
+        "locations sampled per layer and image (the same for input and output)", d.num_patches))
+    model.add_argument("--nce_T", type=float, help=_help("temperature of the contrastive loss", d.nce_T))
+    model.add_argument("--netF_nc", type=int, help=_help("width of the projection MLP F", d.netF_nc))
 
     run = p.add_argument_group("run")
     run.add_argument("--dataroot", help=_help(
@@ -295,8 +354,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 ALIAS_FLAGS = ("crop_size", "epoch_count", "n_epochs_decay")
 # The keys a --config file may hold: every field's flag and the aliases.
 CONFIG_FILE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) | frozenset(ALIAS_FLAGS)
+# Flags that take the words true or false (a file gives a YAML boolean).
+SWITCH_FLAGS = frozenset({"nce_idt", "flip_equivariance"})
 # The on/off flags (``store_true``): a file gives them as true or false.
-BOOLEAN_FLAGS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool"))
+BOOLEAN_FLAGS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")) - SWITCH_FLAGS
 
 
 def _config_file_argv(path: str) -> list[str]:
@@ -399,6 +460,11 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
             given.pop(key, None)
     given.update(cli)
     explicit = set(given)
+    model = given.get("model", TrainConfig.model)
+    if model in MODEL_EPOCHS and not {"n_epochs", "decay_epoch"} & set(given):
+        given["n_epochs"], given["decay_epoch"] = MODEL_EPOCHS[model]
+    for key, value in MODEL_PRESETS.get(model, {}).items():
+        given.setdefault(key, value)
     for key, value in ARCH_PRESETS[given.get("arch", TrainConfig.arch)].items():
         if key not in given:
             given[key] = value
@@ -412,6 +478,7 @@ def validate(config: TrainConfig) -> None:
     _check_images_and_networks(config)
     _check_numbers(config)
     _check_combinations(config)
+    _check_model(config)
 
 
 def _check_images_and_networks(config: TrainConfig) -> None:
@@ -521,6 +588,40 @@ def _check_combinations(config: TrainConfig) -> None:
                 f"--netD {config.netD} with {layers} layers needs images of at least {side} pixels a side "
                 f"(got {config.img_height}x{config.img_width}): use fewer --n_layers_D or larger images"
             )
+
+
+def _check_model(config: TrainConfig) -> None:
+    """CUT and FastCUT: the generator layers PatchNCE reads, and the settings of its loss."""
+    if config.model not in MODELS:
+        raise CycleGANError(f"--model {config.model}: use one of {', '.join(MODELS)}")
+    if config.model == "cyclegan":
+        return
+    if config.netG != "resnet":
+        raise CycleGANError(f"--model {config.model} reads the encoder layers of a ResNet generator: use --netG "
+                            f"resnet (or resnet_9blocks / resnet_6blocks), not {config.netG}")
+    try:
+        layers = nce_layer_indices(config.nce_layers)
+    except ValueError as exc:
+        raise CycleGANError(str(exc)) from None
+    encoder_layers = 10 + config.n_residual_blocks
+    if layers[-1] >= encoder_layers:
+        raise CycleGANError(
+            f"--nce_layers {config.nce_layers}: layer {layers[-1]} is beyond the encoder of a generator with "
+            f"{config.n_residual_blocks} residual blocks (layers 0 to {encoder_layers - 1}); use more "
+            "--n_residual_blocks or lower layers"
+        )
+    for flag in ("num_patches", "netF_nc"):
+        if getattr(config, flag) < 1:
+            raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 1 or more")
+    if config.nce_T <= 0:
+        raise CycleGANError(f"--nce_T {config.nce_T}: use a positive temperature")
+    if config.lambda_NCE < 0:
+        raise CycleGANError(f"--lambda_NCE {config.lambda_NCE}: use 0 or more")
+    if config.nce_idt and config.channels_A != config.channels_B:
+        raise CycleGANError(
+            f"--nce_idt true needs both domains to have the same channels (--input_nc {config.channels_A}, "
+            f"--output_nc {config.channels_B}): pass --nce_idt false"
+        )
 
 
 def describe(config: TrainConfig) -> str:

@@ -35,6 +35,7 @@ LOSS_PANELS = (
     ("generators: adversarial and total", ("adv", "G")),
     ("cycle consistency", ("cycle",)),
     ("identity", ("identity",)),
+    ("PatchNCE (CUT)", ("nce", "nce_identity")),
 )
 
 
@@ -50,8 +51,11 @@ def loss_chart(records: list[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, len(LOSS_PANELS) + 1, figsize=(4 * (len(LOSS_PANELS) + 1), 3.2), dpi=100)
-    for ax, (title, keys) in zip(axes, LOSS_PANELS):
+    panels = [(title, keys) for title, keys in LOSS_PANELS if any(k in r for r in records for k in keys)]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2), dpi=100,
+                             squeeze=False)
+    axes = axes[0]
+    for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             values = [r.get(key) for r in records]
             if any(v is not None for v in values):
@@ -110,7 +114,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         parts.append(f"<img id='loss-chart' alt='loss curves' src='{_png_data_url(loss_chart(records))}'>")
     else:
         parts.append("<p id='no-metrics'>No metrics.jsonl yet: the run has logged no step.</p>")
-    parts.append("<h2>Samples</h2><p>Rows: real A, G_AB(A), real B, G_BA(B); test images.</p><div id='samples'>")
+    parts.append("<h2>Samples</h2><p>Rows: real A, G_AB(A), real B, then G_BA(B) (CycleGAN) or G_AB(B) (CUT, "
+                 "FastCUT); test images.</p><div id='samples'>")
     for path in pick_samples(samples):
         caption = f"batch {int(path.stem)}" if path.stem.isdigit() else path.stem
         parts.append(f"<figure class='sample'><img alt='{html.escape(caption)}' "

@@ -10,6 +10,12 @@ One step, for a batch ``real_A``, ``real_B`` (the reference design's):
 
 The three learning rates follow ``LambdaLR`` (constant until ``--decay_epoch``, then linear
 towards zero at ``--n_epochs``; or another ``--lr_policy``), stepped once per epoch.
+
+``cut_train_step`` is the step of CUT and FastCUT (``--model cut|fastcut``), as the official CUT
+implementation orders it: G(real_A) (and G(real_B) for the identity term, in the same call),
+flipped left-right on half the steps under flip-equivariance; then D_B's update on real_B and
+the detached fake_B; then one update of G and the projection head F on the adversarial loss and
+PatchNCE (averaged with the identity PatchNCE when it is on).
 """
 
 from __future__ import annotations
@@ -23,13 +29,13 @@ import torch
 from torch import nn
 
 from cyclegan.distributed import unwrap
-from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss
-from cyclegan.models import NETWORK_NAMES
+from cyclegan.losses import cycle_loss, gan_loss, gradient_penalty, identity_loss, patch_nce_loss
+from cyclegan.models import NETWORK_NAMES, encode_features, nce_layer_indices
 from cyclegan.options import TrainConfig
 from cyclegan.utils import LambdaLR, ReplayBuffer
 
 __all__ = ["adam", "build_optimizers", "build_schedulers", "step_schedulers",
-           "batches_generator_calls", "train_step"]
+           "batches_generator_calls", "train_step", "NCESettings", "nce_loss", "cut_train_step", "run_step"]
 
 def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where this torch and device have it (else ``foreach``): the
@@ -43,8 +49,12 @@ def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Opti
 
 def build_optimizers(nets: dict[str, nn.Module], config: TrainConfig) -> dict[str, torch.optim.Optimizer]:
     """Adam for the two generators together and one for each discriminator, as the reference
-    (fused into one kernel where available: the same update, faster)."""
+    (fused into one kernel where available: the same update, faster). CUT and FastCUT: one each
+    for G_AB, D_B and the projection head F (``G``, ``D_B``, ``F``), as the official CUT."""
     betas = (config.b1, config.b2)
+    if config.model != "cyclegan":
+        return {name: adam(nets[net].parameters(), config.lr, betas)
+                for name, net in (("G", "G_AB"), ("D_B", "D_B"), ("F", "F"))}
     return {
         "G": adam(itertools.chain(nets["G_AB"].parameters(), nets["G_BA"].parameters()), config.lr, betas),
         "D_A": adam(nets["D_A"].parameters(), config.lr, betas),
@@ -274,3 +284,94 @@ def train_step(
         "D": ((loss_D_A + loss_D_B) / 2).detach(),
         **{k: v.detach() for k, v in losses.items()},
     }
+
+
+@dataclass(frozen=True)
+class NCESettings:
+    """What CUT's step reads of the config."""
+
+    lambda_NCE: float = 1.0
+    nce_idt: bool = True
+    flip_equivariance: bool = False
+    layers: tuple[int, ...] = (0, 4, 7, 10, 14)
+    num_patches: int = 256
+    tau: float = 0.07
+    gan_mode: str = "lsgan"
+    lambda_gp: float = 10.0
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> "NCESettings":
+        return cls(config.lambda_NCE, config.nce_idt, config.flip_equivariance, nce_layer_indices(config.nce_layers),
+                   config.num_patches, config.nce_T, config.gan_mode, config.lambda_gp)
+
+
+def nce_loss(G: nn.Module, F: nn.Module, source: torch.Tensor, target: torch.Tensor, settings: NCESettings,
+             flipped: bool = False) -> torch.Tensor:
+    """PatchNCE between G's encoder features of ``target`` (G's output; the queries) and of
+    ``source`` (its input; the keys), at the same sampled locations, averaged over the layers and
+    weighted by ``lambda_NCE``. ``flipped``: ``target`` came from a left-right flipped input, so its
+    features are flipped back before they are compared."""
+    G_ = unwrap(G)  # the encoder's layers one by one; F through its wrapper (DistributedDataParallel syncs it)
+    feat_q = encode_features(G_, target, settings.layers)
+    if flipped:
+        feat_q = [f.flip(3) for f in feat_q]
+    feat_k = encode_features(G_, source, settings.layers)
+    pool_k, ids = F(feat_k, settings.num_patches)
+    pool_q, _ = F(feat_q, settings.num_patches, ids)
+    total = torch.zeros((), device=source.device)
+    for q, k in zip(pool_q, pool_k):
+        total = total + patch_nce_loss(_full(q), _full(k), source.size(0), settings.tau).mean() * settings.lambda_NCE
+    return total / len(settings.layers)
+
+
+def cut_train_step(nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer], real_A: torch.Tensor,
+                   real_B: torch.Tensor, settings: NCESettings, *, amp_dtype: torch.dtype | None = None,
+                   scaler: Any = None) -> dict[str, torch.Tensor]:
+    """One CUT / FastCUT step (module docstring); returns the detached loss terms: ``D`` (= ``D_B``),
+    ``G``, ``adv``, ``nce`` and, with the identity term, ``nce_identity``."""
+    precision = Precision(real_A.device.type, amp_dtype, scaler)
+    G, D, F = nets["G_AB"], nets["D_B"], nets["F"]
+    n = real_A.size(0)
+    G.train()
+    real = torch.cat([real_A, real_B]) if settings.nce_idt else real_A
+    flipped = settings.flip_equivariance and bool(torch.rand((), device="cpu") < 0.5)  # torch's CPU generator
+    if flipped:
+        real = real.flip(3)
+    with precision.autocast():
+        fake = G(real)
+    fake_B = fake[:n]
+    loss_D = _discriminator_update(D, optimizers["D_B"], real_B, fake_B, None, settings.gan_mode, settings.lambda_gp,
+                                   precision)
+    D_g = unwrap(D)
+    frozen = [p for p in D_g.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    optimizers["G"].zero_grad(set_to_none=True)
+    optimizers["F"].zero_grad(set_to_none=True)
+    with precision.autocast():
+        loss_adv = gan_loss(_full(D_g(fake_B)), True, settings.gan_mode)
+        losses = {"nce": nce_loss(G, F, real_A, fake_B, settings, flipped)}
+        if settings.nce_idt:
+            losses["nce_identity"] = nce_loss(G, F, real_B, fake[n:], settings, flipped)
+    nce_both = (losses["nce"] + losses["nce_identity"]) / 2 if settings.nce_idt else losses["nce"]
+    loss_G = loss_adv + nce_both
+    precision.backward(loss_G)
+    precision.step(optimizers["G"])
+    precision.step(optimizers["F"])
+    for p in frozen:
+        p.requires_grad_(True)
+    if scaler is not None:
+        scaler.update()
+    return {"D_B": loss_D.detach(), "D": loss_D.detach(), "G": loss_G.detach(), "adv": loss_adv.detach(),
+            **{k: v.detach() for k, v in losses.items()}}
+
+
+def run_step(config: TrainConfig, nets: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+             buffers: dict[str, ReplayBuffer | None], real_A: torch.Tensor, real_B: torch.Tensor, *,
+             amp_dtype: torch.dtype | None = None, scaler: Any = None) -> dict[str, torch.Tensor]:
+    """The training step of the config's ``--model``."""
+    if config.model == "cyclegan":
+        return train_step(nets, optimizers, buffers, real_A, real_B, config.lambda_cyc, config.lambda_id,
+                          config.gan_mode, config.lambda_gp, amp_dtype=amp_dtype, scaler=scaler)
+    return cut_train_step(nets, optimizers, real_A, real_B, NCESettings.of(config), amp_dtype=amp_dtype,
+                          scaler=scaler)

@@ -4,7 +4,7 @@
 
 ``train(config)`` reads top to bottom: where the run starts (``resume``: new, ``--epoch N`` or
 ``--resume``), its data (``loader``), its networks, optimizers and schedulers (``models``,
-``step``, ``perf``), then epoch after epoch of ``step.train_step`` with the progress line,
+``step``, ``perf``), then epoch after epoch of ``step.run_step`` with the progress line,
 metrics and sample grids (``logger``) and run checkpoints (``checkpoint``). A run ends early in
 three ways, each a named function here: a signal (``stop_run``: saved, ``TrainingStopped``),
 ``--max_steps`` (saved), a non-finite loss (``stop_if_diverged``: ``TrainingDiverged``, the last
@@ -55,7 +55,7 @@ from cyclegan.resume import (
     training_state,
 )
 from cyclegan.runtime import StopSignals, format_eta, resolve_device, setup_logging
-from cyclegan.step import build_optimizers, build_schedulers, step_schedulers, train_step
+from cyclegan.step import build_optimizers, build_schedulers, run_step, step_schedulers
 from cyclegan.utils import ReplayBuffer, atomic_write, seed_everything
 
 __all__ = ["TrainConfig", "get_args_parser", "train", "main"]
@@ -232,9 +232,8 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
         real_A = batch["A"].to(run.device, non_blocking=True, memory_format=layout(run))
         real_B = batch["B"].to(run.device, non_blocking=True, memory_format=layout(run))
         try:
-            losses = train_step(run.trained, run.optimizers, run.buffers, real_A, real_B, config.lambda_cyc,
-                                config.lambda_id, config.gan_mode, config.lambda_gp, amp_dtype=run.speed.amp_dtype,
-                                scaler=run.scaler)
+            losses = run_step(config, run.trained, run.optimizers, run.buffers, real_A, real_B,
+                              amp_dtype=run.speed.amp_dtype, scaler=run.scaler)
         except torch.cuda.OutOfMemoryError as exc:
             raise out_of_memory_advice(config, run.device, run.checkpointing) from exc
         values = {k: float(v) for k, v in losses.items()}
@@ -246,7 +245,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
         if position.step % config.log_interval == 0 or i + 1 == n_batches:
             run_logger.scalars(position.step, {
                 **values, "lr_G": run.optimizers["G"].param_groups[0]["lr"],
-                "lr_D": run.optimizers["D_A"].param_groups[0]["lr"], "img_s": img_s, "peak_fraction": peak_fraction,
+                "lr_D": run.optimizers["D_B"].param_groups[0]["lr"], "img_s": img_s, "peak_fraction": peak_fraction,
             }, epoch=epoch + 1, batch=i + 1)
         batches_done = epoch * n_batches + i
         if batches_done % config.sample_interval == 0 and env.is_main:
@@ -336,19 +335,25 @@ def stop_run(run: Run, stop: StopSignals) -> Path:
 
 
 def sample_images(nets: dict[str, nn.Module], batch: dict[str, torch.Tensor], path: Path, device: torch.device) -> None:
-    """A grid with rows real_A, fake_B, real_B, fake_A."""
-    G_AB, G_BA = nets["G_AB"], nets["G_BA"]
-    G_AB.eval()
-    G_BA.eval()
+    """A grid with rows real_A, G_AB(real_A), real_B, then G_BA(real_B) (CycleGAN) or the
+    identity image G_AB(real_B) (CUT with its identity term, whose G_AB takes B as well)."""
+    G_AB, G_BA = nets["G_AB"], nets.get("G_BA")
+    with_identity = G_BA is None and batch["A"].size(1) == batch["B"].size(1)
+    generators = [G_AB] + ([G_BA] if G_BA is not None else [])
+    for G in generators:
+        G.eval()
     with torch.no_grad():
         real_A = batch["A"].to(device)
         real_B = batch["B"].to(device)
-        fake_B = G_AB(real_A)
-        fake_A = G_BA(real_B)
-    G_AB.train()
-    G_BA.train()
+        images = [real_A, G_AB(real_A), real_B]
+        if G_BA is not None:
+            images.append(G_BA(real_B))
+        elif with_identity:
+            images.append(G_AB(real_B))
+    for G in generators:
+        G.train()
     n = real_A.size(0)
-    images = [x.cpu() for x in (real_A, fake_B, real_B, fake_A)]
+    images = [x.cpu() for x in images]
     if len({x.size(1) for x in images}) > 1:  # grey and colour domains: show grey as RGB
         images = [x.expand(-1, 3, -1, -1) if x.size(1) == 1 else x for x in images]
     rows = [make_grid(x, nrow=n) for x in images]
