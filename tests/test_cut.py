@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from cyclegan.inference import load_generator
 from cyclegan.losses import patch_nce_loss
 from cyclegan.models import PatchSampleMLP, build_networks, encode_features, encoder, feature_channels
 from cyclegan.options import parse_config, validate
+from cyclegan.serve import Translator
 from cyclegan.step import NCESettings, build_optimizers, cut_train_step, nce_loss
 
 CUT_SMALL = ("--nce_layers", "0,4,7,10", "--num_patches", "16")
@@ -185,6 +187,11 @@ def test_cut_end_to_end_train_translate_export_sample_and_the_missing_direction(
     exported = run_cli("export", "--checkpoint", str(run), "--format", "torchscript", "--output",
                        str(tmp_path / "g.pt"))
     assert exported.returncode == 0, exported.stderr
+    # serve's translator offers the one direction there is.
+    translator = Translator(str(run), torch.device("cpu"), max_pixels=10**6)
+    assert list(translator.generators) == ["AtoB"]
+    image, written = translator(str(sorted((image_folders / "test" / "A").glob("*.png"))[0]), "AtoB")
+    assert image.size == (40, 36) and Path(written).is_file()
     gen = load_generator(run)
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     scripted = torch.jit.load(str(tmp_path / "g.pt"))

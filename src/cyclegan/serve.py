@@ -40,7 +40,7 @@ class Translator:
         self.device, self.max_pixels, self.tile = device, max_pixels, tile
         first = load_generator(checkpoint, "AtoB", device)
         self.generators = {"AtoB": first}
-        if first.config:  # a run's checkpoint holds both directions
+        if first.config and first.config.get("model", "cyclegan") == "cyclegan":  # a CycleGAN run: both directions
             self.generators["BtoA"] = load_generator(checkpoint, "BtoA", device)
         self.source = first.source.removesuffix(" (G_AB)")
         self.out_dir = Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
