@@ -227,3 +227,23 @@ def test_the_cut_step_under_bfloat16_autocast():
     real_A, real_B = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     losses = cut_train_step(nets, opts, real_A, real_B, NCESettings.of(config), amp_dtype=torch.bfloat16)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("model", ["cut", "fastcut"])
+def test_patchnce_learns_to_find_each_patch_on_the_demo_data(tmp_path, model):
+    """The learning test: 200 steps on the demo data must bring PatchNCE well below ln(P), the
+    loss of features that cannot tell P locations apart, where a broken patch correspondence
+    stays (calibration: docs/benchmarks.md, "The CUT learning test")."""
+    run = tmp_path / model
+    result = run_cli("train", "--dataset_name", "demo", "--output", str(run), "--model", model, "--img_height", "32",
+                     "--img_width", "32", "--ngf", "16", "--ndf", "16", "--n_residual_blocks", "1", "--nce_layers",
+                     "0,4,7,10", "--num_patches", "64", "--n_epochs", "1", "--decay_epoch", "0", "--n_cpu", "0",
+                     "--seed", "0", "--log_interval", "1", "--logger", "none", "--sample_interval", "1000",
+                     timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    weight = 1.0 if model == "cut" else 10.0
+    per_patch = [r["nce"] / weight for r in records]
+    assert len(per_patch) == 200
+    assert sum(per_patch[:20]) / 20 > 0.8 * math.log(64)  # it starts near chance
+    assert sum(per_patch[-50:]) / 50 < 0.93 * math.log(64), per_patch[-50:]
