@@ -335,8 +335,8 @@ def stop_run(run: Run, stop: StopSignals) -> Path:
 
 
 def sample_images(nets: dict[str, nn.Module], batch: dict[str, torch.Tensor], path: Path, device: torch.device) -> None:
-    """A grid with rows real_A, G_AB(real_A), real_B, then G_BA(real_B) (CycleGAN) or the
-    identity image G_AB(real_B) (CUT with its identity term, whose G_AB takes B as well)."""
+    """A grid with rows real_A, G_AB(real_A), real_B, then G_BA(real_B) (CycleGAN) or G_AB(real_B)
+    (CUT's identity image; FastCUT's too, though it does not train on it)."""
     G_AB, G_BA = nets["G_AB"], nets.get("G_BA")
     with_identity = G_BA is None and batch["A"].size(1) == batch["B"].size(1)
     generators = [G_AB] + ([G_BA] if G_BA is not None else [])
