@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from photo_task import write_photo_task  # noqa: E402
-from train_step import machine, replace_section, step_memory, sync  # noqa: E402
+from train_step import machine, replace_section, step_memory, time_alternately  # noqa: E402
 
 from cyclegan.datasets import ImageDataset, build_transforms, write_demo_dataset  # noqa: E402
 from cyclegan.demo import demo_config  # noqa: E402
@@ -68,15 +68,7 @@ def make_step(model: str, size: int, device: torch.device):
 def speed_and_memory(size: int, steps: int, warmup: int, device: torch.device) -> list[dict]:
     fns = {m: make_step(m, size, device) for m in MODELS}
     mib = {m: step_memory(fns[m], device) for m in MODELS}
-    times: dict[str, list[float]] = {m: [] for m in MODELS}
-    for i in range(warmup + steps):
-        for m in MODELS:
-            sync(device)
-            t = time.perf_counter()
-            fns[m]()
-            sync(device)
-            if i >= warmup:
-                times[m].append(time.perf_counter() - t)
+    times = time_alternately(fns, steps, warmup, device)
     rows = [{"model": m, "img_s": 1 / statistics.median(times[m]), "memory_mib": mib[m]} for m in MODELS]
     for r in rows:
         r["speed_ratio"] = r["img_s"] / rows[0]["img_s"]

@@ -138,6 +138,21 @@ def step_memory(step, device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def time_alternately(fns: dict, steps: int, warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds of each of ``fns`` per call, called in turn, step after step, so that the machine's
+    noise falls on all alike; the first ``warmup`` rounds are not kept."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for i in range(warmup + steps):
+        for k, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return times
+
+
 def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps: int, warmup: int,
             memory: bool) -> dict:
     config = TrainConfig(img_height=size, img_width=size, batch_size=batch)
@@ -150,15 +165,7 @@ def measure(size: int, batch: int, kinds: list[str], device: torch.device, steps
     # networks, which the progress line of cyclegan train uses too.
     flops = {k: executed[k] if k == "reference" else step_flops(config) for k in kinds}
     mib = {k: step_memory(fns[k], device) if memory else None for k in kinds}
-    times: dict[str, list[float]] = {k: [] for k in kinds}
-    for i in range(warmup + steps):
-        for k in kinds:
-            sync(device)
-            t = time.perf_counter()
-            fns[k]()
-            sync(device)
-            if i >= warmup:
-                times[k].append(time.perf_counter() - t)
+    times = time_alternately(fns, steps, warmup, device)
     return {k: {"img_s": batch / statistics.median(times[k]), "flops": flops[k], "executed_flops": executed[k],
                 "memory_mib": mib[k]} for k in kinds}
 
