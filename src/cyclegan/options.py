@@ -180,6 +180,31 @@ def _true_or_false(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _add_model_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The ``--model`` group: CycleGAN, CUT or FastCUT, and PatchNCE's settings."""
+    model = p.add_argument_group("model: CycleGAN, CUT or FastCUT")
+    model.add_argument("--model", choices=MODELS, help=_help(
+        "cyclegan: two generators, two discriminators, cycle and identity losses. cut: one generator A->B, one "
+        "discriminator and the patchwise contrastive loss PatchNCE (Park et al., 2020), with its identity term "
+        "on B; fastcut: the same with lambda_NCE 10, no identity term and flip-equivariance. cut and fastcut set "
+        "the official CUT defaults of the flags below and --netD basic --init_type xavier --pool_size 0, and "
+        "train 400 (cut) or 200 (fastcut) epochs decaying from 200 or 150, unless those flags are given", "cyclegan"))
+    model.add_argument("--lambda_NCE", type=float, help=_help("PatchNCE loss weight", "1 (cut), 10 (fastcut)"))
+    model.add_argument("--nce_idt", type=_true_or_false, metavar="{true,false}", help=_help(
+        "also apply PatchNCE to G(B) against B (the identity term)", "true (cut), false (fastcut)"))
+    model.add_argument("--flip_equivariance", type=_true_or_false, metavar="{true,false}", help=_help(
+        "flip the input of half the steps left-right and compare the output's features flipped back",
+        "false (cut), true (fastcut)"))
+    model.add_argument("--nce_layers", help=_help(
+        "generator layers whose features PatchNCE compares: 0 is the image, 4 and 7 the two downsampling "
+        "convolutions, 10 + k the output of residual block k + 1 (the paper's choice: the image, both "
+        "downsamplings, the first and fifth residual block)", d.nce_layers))
+    model.add_argument("--num_patches", type=int, help=_help(
+        "locations sampled per layer and image (the same for input and output)", d.num_patches))
+    model.add_argument("--nce_T", type=float, help=_help("temperature of the contrastive loss", d.nce_T))
+    model.add_argument("--netF_nc", type=int, help=_help("width of the projection MLP F", d.netF_nc))
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The flags of ``cyclegan train``. Unset flags are absent from the parsed namespace."""
     d = TrainConfig()
@@ -219,27 +244,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ref.add_argument("--lambda_cyc", type=float, help=_help("cycle loss weight", d.lambda_cyc))
     ref.add_argument("--lambda_id", type=float, help=_help("identity loss weight", d.lambda_id))
 
-    model = p.add_argument_group("model: CycleGAN, CUT or FastCUT")
-    model.add_argument("--model", choices=MODELS, help=_help(
-        "cyclegan: two generators, two discriminators, cycle and identity losses. cut: one generator A->B, one "
-        "discriminator and the patchwise contrastive loss PatchNCE (Park et al., 2020), with its identity term "
-        "on B; fastcut: the same with lambda_NCE 10, no identity term and flip-equivariance. cut and fastcut set "
-        "the official CUT defaults of the flags below and --netD basic --init_type xavier --pool_size 0, and "
-        "train 400 (cut) or 200 (fastcut) epochs decaying from 200 or 150, unless those flags are given", "cyclegan"))
-    model.add_argument("--lambda_NCE", type=float, help=_help("PatchNCE loss weight", "1 (cut), 10 (fastcut)"))
-    model.add_argument("--nce_idt", type=_true_or_false, metavar="{true,false}", help=_help(
-        "also apply PatchNCE to G(B) against B (the identity term)", "true (cut), false (fastcut)"))
-    model.add_argument("--flip_equivariance", type=_true_or_false, metavar="{true,false}", help=_help(
-        "flip the input of half the steps left-right and compare the output's features flipped back",
-        "false (cut), true (fastcut)"))
-    model.add_argument("--nce_layers", help=_help(
-        "generator layers whose features PatchNCE compares: 0 is the image, 4 and 7 the two downsampling "
-        "convolutions, 10 + k the output of residual block k + 1 (the paper's choice: the image, both "
-        "downsamplings, the first and fifth residual block)", d.nce_layers))
-    model.add_argument("--num_patches", type=int, help=_help(
-        "locations sampled per layer and image (the same for input and output)", d.num_patches))
-    model.add_argument("--nce_T", type=float, help=_help("temperature of the contrastive loss", d.nce_T))
-    model.add_argument("--netF_nc", type=int, help=_help("width of the projection MLP F", d.netF_nc))
+    _add_model_flags(p, d)
 
     run = p.add_argument_group("run")
     run.add_argument("--dataroot", help=_help(
