@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,34 +223,60 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     """The machine's matrix-multiply rate on ``device`` in ``dtype``, in GFLOP/s: the best over
     square ``sizes`` (by default 1024 on the CPU, 4096 and 8192 on a GPU) of the median rate,
     each size timed for about ``seconds``. (float16 on a CPU, which emulates it at about
-    1 GFLOP/s, is timed at 256.) The benchmarks pass more sizes and time."""
+    1 GFLOP/s, is timed at 256.) The benchmarks pass more sizes and time.
+
+    float32 on the CPU is timed with NumPy's BLAS, not torch's: torch multiplies float32
+    matrices on the CPU with Intel MKL, and an MKL product of this size timed while other
+    processes load the machine leaves MKL computing later, small products of the same process
+    in another order (seen in about one run in five under load). A training run that measured
+    its peak that way would not repeat another run bit for bit. bfloat16 and float16 go through
+    oneDNN, which keeps no such state, and a GPU through its own libraries."""
     if sizes is None:
         if device.type == "cuda":
             sizes = (4096, 8192)
         else:
             sizes = (256,) if dtype is torch.float16 else (1024,)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     best = 0.0
-    gen = torch.Generator(device=device).manual_seed(0)  # the run's random state stays untouched
     for n in sizes:
-        a = torch.rand(n, n, device=device, generator=gen).to(dtype)
-        b = torch.rand(n, n, device=device, generator=gen).to(dtype)
+        product = _numpy_product(n) if device.type == "cpu" and dtype is torch.float32 else \
+            _torch_product(n, device, dtype)
         for _ in range(2):
-            a @ b
-        sync()
+            product()
         times: list[float] = []
         deadline = time.perf_counter() + seconds
         while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
             t = time.perf_counter()
-            a @ b
-            sync()
+            product()
             times.append(time.perf_counter() - t)
         best = max(best, 2 * n**3 / statistics.median(times) / 1e9)
     return best
+
+
+def _numpy_product(n: int) -> Callable[[], None]:
+    """One float32 ``n`` x ``n`` matrix product by NumPy's BLAS, as a call."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)  # the run's random state stays untouched
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+
+    def product() -> None:
+        np.matmul(a, b)
+
+    return product
+
+
+def _torch_product(n: int, device: torch.device, dtype: torch.dtype) -> Callable[[], None]:
+    """One ``dtype`` ``n`` x ``n`` matrix product by torch on ``device``, finished, as a call."""
+    gen = torch.Generator(device=device).manual_seed(0)  # the run's random state stays untouched
+    a = torch.rand(n, n, device=device, generator=gen).to(dtype)
+    b = torch.rand(n, n, device=device, generator=gen).to(dtype)
+
+    def product() -> None:
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return product
 
 
 def step_flops(config: Any, batch_size: int | None = None) -> int:
