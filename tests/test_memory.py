@@ -104,6 +104,7 @@ def test_running_out_of_memory_says_which_flag_and_size_would_fit(tmp_path, monk
     for domain in "AB":
         write_images(tmp_path / "data" / "train" / domain, 2, size=(256, 256))
     monkeypatch.setattr(train_module, "run_step", exhausted)
+    monkeypatch.setattr(train_module, "check_fits", lambda *args: None)  # the estimate's refusal: the next test
     monkeypatch.setattr(memory, "available_bytes", lambda device: 256 * 2**20)
     code = train_module.main(["--dataroot", str(tmp_path / "data"), "--output", str(tmp_path / "run"), *SMALL_RUN,
                               "--img_height", "256", "--img_width", "256", "--logger", "none"])
@@ -112,6 +113,25 @@ def test_running_out_of_memory_says_which_flag_and_size_would_fit(tmp_path, monk
     assert "out of memory" in message and "--activation_checkpointing full" in message
     assert "--img_height 128 --img_width 128" in message and "--resume" in message
     assert "Traceback" not in message
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated(tmp_path, monkeypatch, caplog):
+    """Weights, gradients, Adam's moments and one step's activations, estimated on the meta
+    device, beyond the free memory: refused with what would fit, before any network is built."""
+    for domain in "AB":
+        write_images(tmp_path / "data" / "train" / domain, 2, size=(128, 128))
+    built = []
+    monkeypatch.setattr(train_module, "build_networks", lambda config: built.append(config))
+    config = TrainConfig(img_height=128, img_width=128, n_residual_blocks=1, ngf=16, ndf=16)
+    need = memory.weight_bytes(config) + saved_activation_bytes(config, "off")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: need - 1)
+    args = ["--dataroot", str(tmp_path / "data"), "--output", str(tmp_path / "run"), *SMALL_RUN, "--logger", "none"]
+    assert train_module.main([*args, "--img_height", "128", "--img_width", "128"]) == 2
+    assert f"needs at least {memory.human_bytes(need)}" in caplog.text and "--img_height 64" in caplog.text
+    caplog.clear()
+    assert train_module.main([*args, "--ngf", "256", "--ndf", "16"]) == 2  # the weights alone
+    assert "try smaller networks (--ngf, --ndf, --n_residual_blocks)" in caplog.text
+    assert not built and "Traceback" not in caplog.text
 
 
 def test_unknown_modes_are_refused():

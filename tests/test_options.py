@@ -401,5 +401,5 @@ def test_config_file_keys_and_on_off_flags_are_the_parsers():
         m = re.match(r"^  (?:-\w, )?(--\w+)( [A-Z_\[{])?", line)
         if m:
             (takes_value if m.group(2) else switches).add(m.group(1)[2:])
-    assert takes_value | switches == set(CONFIG_FILE_KEYS) | {"help", "config", "print_config"}
-    assert switches == set(BOOLEAN_FLAGS) | {"help", "print_config"}
+    assert takes_value | switches == set(CONFIG_FILE_KEYS) | {"help", "config", "print_config", "debug"}
+    assert switches == set(BOOLEAN_FLAGS) | {"help", "print_config", "debug"}

@@ -30,7 +30,7 @@ from cyclegan.images import list_images, read_image
 from cyclegan.inference import load_generator
 from cyclegan.models import MODELS
 from cyclegan.options import MODEL_PRESETS, TrainConfig
-from cyclegan.runtime import run_command
+from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.train import train
 from cyclegan.utils import atomic_write, psnr
 
@@ -53,6 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     p.add_argument("--model", choices=MODELS, default="cyclegan",
                    help="what to train: CycleGAN, or CUT / FastCUT with their official settings")
+    add_debug_flag(p)
     return p
 
 

@@ -31,7 +31,7 @@ from cyclegan.checkpoint import load_state_dict_file
 from cyclegan.datasets import has_split
 from cyclegan.errors import CycleGANError
 from cyclegan.fetch import DownloadError, download, extract_zip
-from cyclegan.runtime import run_command
+from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.utils import replace_dir
 
 __all__ = ["main", "get_args_parser", "download_dataset", "download_model", "download_inception"]
@@ -74,6 +74,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     incep.add_argument("--sha256", default=zoo.INCEPTION_SHA256, help="the checksum the file must have (default: "
                                                                       "the published one)")
     incep.add_argument("--force", action="store_true", help="download again over an existing file")
+    for parser in (data, model, incep):
+        add_debug_flag(parser)
     return p
 
 

@@ -42,7 +42,7 @@ from torch import nn
 from cyclegan.errors import CycleGANError
 from cyclegan.images import list_images, read_image, tensor_to_image
 from cyclegan.inference import load_generator, translate_image
-from cyclegan.runtime import resolve_device, run_command
+from cyclegan.runtime import add_debug_flag, resolve_device, run_command
 from cyclegan.utils import atomic_write
 from cyclegan.zoo import INCEPTION_FILE, INCEPTION_URL, inception_locations
 
@@ -169,6 +169,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid_subset_size", type=int, default=100, help="images per KID subset (default: 100)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
     p.add_argument("--json", help="also write the results to this JSON file")
+    add_debug_flag(p)
     return p
 
 

@@ -29,7 +29,7 @@ import torch
 
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Generator, OnnxGenerator, load_generator
-from cyclegan.runtime import run_command
+from cyclegan.runtime import add_debug_flag, run_command
 
 __all__ = ["main", "get_args_parser", "export_onnx", "export_torchscript", "parity_inputs"]
 
@@ -49,6 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
     p.add_argument("--tolerance", type=float, default=1e-4, help=(
         "largest absolute difference from PyTorch's output accepted by the check (default: 1e-4)"))
+    add_debug_flag(p)
     return p
 
 

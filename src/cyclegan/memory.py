@@ -45,11 +45,12 @@ from cyclegan.models import (
     build_networks,
 )
 from cyclegan.options import TrainConfig
+from cyclegan.runtime import available_bytes
 from cyclegan.step import NCESettings, cut_train_step, train_step
 
 __all__ = ["CHECKPOINTING_MODES", "CheckpointedSequential", "checkpoint_activations", "saved_activation_bytes",
            "step_on_meta",
-           "available_bytes", "resolve_checkpointing", "out_of_memory_advice"]
+           "weight_bytes", "check_fits", "resolve_checkpointing", "memory_advice", "out_of_memory_advice"]
 
 log = logging.getLogger("cyclegan.train")
 
@@ -208,19 +209,31 @@ def step_on_meta(config: TrainConfig, batch_size: int | None = None, mode: str =
                 cut_train_step(nets, optimizers, real_A, real_B, settings)
 
 
-def available_bytes(device: torch.device) -> int:
-    """Free memory on a CUDA device; on the CPU, the kernel's MemAvailable (else a large number)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 2**62
+def human_bytes(n: float) -> str:
+    """``n`` bytes as MiB below a GiB, else GiB."""
+    return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
+
+
+def weight_bytes(config: TrainConfig) -> int:
+    """The bytes of the run's weights, their gradients and Adam's two moments (four float32
+    copies of every parameter), counted on the meta device."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        nets = build_networks(config)
+    return 4 * 4 * sum(p.numel() for net in nets.values() for p in net.parameters())
+
+
+def check_fits(config: TrainConfig, device: torch.device, mode: str) -> None:
+    """Refuse, before anything is allocated, a run whose weights and one step's activations
+    (with the ``--activation_checkpointing`` ``mode``) exceed the device's free memory: a lower
+    bound of what it needs, so nothing that could fit is refused."""
+    need = weight_bytes(config) + saved_activation_bytes(config, mode)
+    have = available_bytes(device)
+    if need > have:
+        raise CycleGANError(
+            f"a training step at {config.img_height}x{config.img_width}, batch {config.batch_size}, --ngf {config.ngf} "
+            f"--ndf {config.ndf}, --n_residual_blocks {config.n_residual_blocks} needs at least {human_bytes(need)}; "
+            f"{device} has {human_bytes(have)} free: {memory_advice(config, mode, have)}"
+        )
 
 
 def resolve_checkpointing(config: TrainConfig, device: torch.device) -> str:
@@ -241,14 +254,14 @@ def resolve_checkpointing(config: TrainConfig, device: torch.device) -> str:
     return "full"
 
 
-def out_of_memory_advice(config: TrainConfig, device: torch.device, mode: str) -> CycleGANError:
-    """The error a run gives when the device runs out of memory: what fits instead."""
-    have = available_bytes(device) + (torch.cuda.memory_allocated(device) if device.type == "cuda" else 0)
-    where = f"{config.img_height}x{config.img_width}, batch {config.batch_size}"
+def memory_advice(config: TrainConfig, mode: str, have: int) -> str:
+    """What to change so that a step fits in ``have`` bytes: "try A, or B"."""
+    if weight_bytes(config) > have / 2:  # the weights alone: nothing about activations helps
+        return "try smaller networks (--ngf, --ndf, --n_residual_blocks)"
     advice = []
     if mode != "full":
         need = saved_activation_bytes(config, "full") * 1.5
-        advice.append(f"--activation_checkpointing full (about {need / 2**30:.1f} GiB of activations)")
+        advice.append(f"--activation_checkpointing full (about {human_bytes(need)} of activations)")
     side = max(config.img_height, config.img_width)
     while side > 64 and saved_activation_bytes(
             TrainConfig(**{**config.to_json(), "img_height": side, "img_width": side}), mode) * 1.5 > have:
@@ -257,8 +270,14 @@ def out_of_memory_advice(config: TrainConfig, device: torch.device, mode: str) -
         advice.append(f"--img_height {side} --img_width {side} (crops; translate still works at full resolution)")
     if config.batch_size > 1:
         advice.append("a smaller --batch_size")
+    return "try " + ", or ".join(advice or ["a smaller image size"])
+
+
+def out_of_memory_advice(config: TrainConfig, device: torch.device, mode: str) -> CycleGANError:
+    """The error a run gives when the device runs out of memory: what fits instead."""
+    have = available_bytes(device) + (torch.cuda.memory_allocated(device) if device.type == "cuda" else 0)
+    where = f"{config.img_height}x{config.img_width}, batch {config.batch_size}"
     return CycleGANError(
         f"out of memory on {device} training at {where} with --activation_checkpointing {mode} "
-        f"({have / 2**30:.1f} GiB usable): try " + ", or ".join(advice or ["a smaller image size"])
-        + "; then continue with --resume"
+        f"({have / 2**30:.1f} GiB usable): {memory_advice(config, mode, have)}; then continue with --resume"
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from cyclegan.models import (
     generator_multiple,
     nce_layer_indices,
 )
+from cyclegan.runtime import add_debug_flag
 
 __all__ = ["TrainConfig", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
            "GAN_MODES"]
@@ -352,6 +354,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--max_dataset_size", type=int, help=_help(
         "at most this many images of each domain (the first by name)", "all"))
     data.add_argument("--serial_batches", action="store_true", help="no shuffling; B image i goes with A image i")
+    add_debug_flag(p)
     return p
 
 
@@ -480,10 +483,40 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
 
 def validate(config: TrainConfig) -> None:
     """Refuse settings that cannot work, naming the flag and what to do."""
+    _check_values(config)
     _check_images_and_networks(config)
     _check_numbers(config)
     _check_combinations(config)
     _check_model(config)
+
+
+# Upper bounds of sizes: beyond them a value is a typo, not a network (and shape arithmetic would
+# overflow before any memory estimate could say so).
+LARGEST = {"ngf": 4096, "ndf": 4096, "netF_nc": 4096, "n_residual_blocks": 1000, "n_layers_D": 12,
+           "img_height": 65536, "img_width": 65536, "load_size": 65536, "batch_size": 65536, "num_patches": 2**20}
+PATH_FLAGS = ("dataroot", "output", "resume", "dataset_name")
+
+
+def _check_values(config: TrainConfig) -> None:
+    """Every number finite and within what can mean something; paths not empty."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CycleGANError(f"--{f.name} {value}: give a finite number")
+    for flag, top in LARGEST.items():
+        value = getattr(config, flag)
+        if value is not None and value > top:
+            raise CycleGANError(f"--{flag} {value}: at most {top}")
+    for flag in PATH_FLAGS:
+        value = getattr(config, flag)
+        if value is not None and (not str(value).strip() or "\x00" in str(value)):
+            raise CycleGANError(f"--{flag} {value!r}: give a path (an empty one, or one with a NUL byte, names "
+                                "nothing)")
+    if config.seed is not None and not 0 <= config.seed < 2**63:
+        raise CycleGANError(f"--seed {config.seed}: use a seed from 0 to 2**63 - 1")
+    if config.lr > 1:
+        raise CycleGANError(f"--lr {config.lr}: Adam's learning rate for GANs is around 2e-4; above 1 it can only "
+                            "diverge")
 
 
 def _check_images_and_networks(config: TrainConfig) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from cyclegan.checkpoint import newest_checkpoint
 from cyclegan.errors import CycleGANError
 from cyclegan.logger import read_metrics
-from cyclegan.runtime import run_command
+from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.utils import atomic_write
 
 __all__ = ["write_report", "main"]
@@ -146,6 +146,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "Write report.html for a run folder: loss curves, sample grids, latest checkpoint, evaluation, config."))
     p.add_argument("run", help="the run folder (the --output of cyclegan train)")
     p.add_argument("--output", help="where to write the page (default: RUN/report.html)")
+    add_debug_flag(p)
     return p
 
 

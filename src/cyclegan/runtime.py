@@ -1,12 +1,20 @@
 """How every command runs: the device it picks, its log lines, the signals that stop training,
-and the one way a command's ``main`` reports a user error (``CycleGANError``: logged without a
-traceback, its exit status returned)."""
+and the one way a command's ``main`` reports a failure.
+
+Every command's failure ends in ``report_failure``: one log line and an exit status, no
+traceback. A ``CycleGANError`` (bad input: its message names the file or flag and what to do)
+exits with its own status (2); an ``OSError`` names the path and the system's reason (2);
+Ctrl-C exits 130; anything else is a failure the user did not cause, said in one line that asks
+for a report (1). ``--debug`` (every command has it) or ``CYCLEGAN_DEBUG=1`` adds the full
+traceback."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -15,7 +23,8 @@ import torch
 
 from cyclegan.errors import CycleGANError
 
-__all__ = ["resolve_device", "setup_logging", "run_command", "StopSignals", "format_eta"]
+__all__ = ["resolve_device", "available_bytes", "setup_logging", "add_debug_flag", "split_debug", "report_failure",
+           "run_command", "StopSignals", "format_eta"]
 
 log = logging.getLogger("cyclegan")
 
@@ -36,17 +45,75 @@ def setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
-def run_command(parser: Any, run: Callable[[Any], int | None], argv: Sequence[str] | None,
+def available_bytes(device: torch.device) -> int:
+    """Free memory on a CUDA device; on the CPU, the kernel's MemAvailable (else a large number)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 2**62
+
+
+DEBUG_ENV = "CYCLEGAN_DEBUG"
+
+
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """Every command's ``--debug``: a failure prints its full traceback too."""
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=(
+        f"on a failure, also print the full traceback (or set {DEBUG_ENV}=1)"))
+
+
+def split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """The arguments without ``--debug`` (accepted anywhere, sub-commands included), and whether
+    a traceback is wanted: ``--debug`` given or ``CYCLEGAN_DEBUG`` set (not 0)."""
+    rest = [a for a in argv if a != "--debug"]
+    return rest, len(rest) < len(argv) or os.environ.get(DEBUG_ENV, "0").strip() not in ("", "0")
+
+
+def report_failure(exc: BaseException, logger: logging.Logger, debug: bool = False) -> int:
+    """Log what went wrong in one line (with the traceback when ``debug``); the exit status."""
+    if isinstance(exc, CycleGANError):
+        message, code = str(exc), exc.exit_code
+    elif isinstance(exc, KeyboardInterrupt):
+        message, code = "interrupted (Ctrl-C)", 130
+    elif isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else ""
+        if exc.filename2 is not None:
+            where = f"{where} -> {exc.filename2}"
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        message = f"{where}: {reason}" if where else reason
+        message += "; check the path, its permissions and the free space"
+        code = 2
+    elif isinstance(exc, MemoryError):
+        message, code = "out of memory: use smaller images or batches, or a machine with more memory", 1
+    else:
+        message = (f"internal error ({type(exc).__name__}: {exc}); this is a bug in cyclegan, not in what you gave "
+                   f"it: please report it with the output of the same command run with --debug")
+        code = 1
+    if debug:
+        logger.error("%s", message, exc_info=(type(exc), exc, exc.__traceback__))
+    else:
+        logger.error("%s", message)
+    return code
+
+
+def run_command(parser: argparse.ArgumentParser, run: Callable[[Any], int | None], argv: Sequence[str] | None,
                 logger: logging.Logger) -> int:
-    """Parse ``argv`` with ``parser`` and ``run`` the result; a ``CycleGANError`` is logged, not
-    raised, and its exit status returned (the shape of every command's ``main``)."""
+    """Parse ``argv`` with ``parser`` and ``run`` the result; any failure is reported by
+    ``report_failure`` and its exit status returned (the shape of every command's ``main``)."""
     setup_logging()
+    argv, debug = split_debug(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     try:
         return int(run(args) or 0)
-    except CycleGANError as exc:
-        logger.error("%s", exc)
-        return exc.exit_code
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure ends here, in one line
+        return report_failure(exc, logger, debug)
 
 
 def format_eta(seconds: float) -> str:

@@ -6,17 +6,25 @@ Upload or drop an image, choose the direction, and the translation appears next 
 image's own size, with a button to download it as PNG. The generators are loaded once, at the
 start. The server listens on the loopback interface unless ``--host`` says otherwise. Uploads
 above ``--max_upload_mb`` megabytes or ``--max_pixels`` pixels get a message saying the limit,
-not an error page, and are never decoded.
+not an error page, and are never decoded. Uploads and translations are kept in one private
+temporary folder, removed when the server stops (Ctrl-C or SIGTERM); a port already in use is
+refused before anything is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
+import shutil
+import signal
+import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -25,8 +33,7 @@ from PIL import Image
 from cyclegan.errors import CycleGANError
 from cyclegan.images import read_image, tensor_to_image, with_alpha, write_image
 from cyclegan.inference import automatic_tile, load_generator, translate_image
-from cyclegan.memory import available_bytes
-from cyclegan.runtime import resolve_device, setup_logging
+from cyclegan.runtime import add_debug_flag, available_bytes, resolve_device, run_command
 
 __all__ = ["main", "build_app", "Translator"]
 
@@ -36,14 +43,16 @@ log = logging.getLogger("cyclegan.serve")
 class Translator:
     """The generators of a checkpoint, loaded once; ``__call__`` translates one image file."""
 
-    def __init__(self, checkpoint: str, device: torch.device, max_pixels: int, tile: int | None = None) -> None:
+    def __init__(self, checkpoint: str, device: torch.device, max_pixels: int, tile: int | None = None,
+                 out_dir: Path | None = None) -> None:
         self.device, self.max_pixels, self.tile = device, max_pixels, tile
         first = load_generator(checkpoint, "AtoB", device)
         self.generators = {"AtoB": first}
         if first.config and first.config.get("model", "cyclegan") == "cyclegan":  # a CycleGAN run: both directions
             self.generators["BtoA"] = load_generator(checkpoint, "BtoA", device)
         self.source = first.source.removesuffix(" (G_AB)")
-        self.out_dir = Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
+        self.out_dir = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def check(self, path: str) -> tuple[int, int]:
         """The image's size, read from its header; a ValueError with a message past a limit."""
@@ -111,29 +120,82 @@ def get_args_parser() -> argparse.ArgumentParser:
         "translate in tiles of this size (default: whole images, or tiles when a whole one would not fit the free "
         "memory, as cyclegan translate does)"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    add_debug_flag(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    setup_logging()
-    args = get_args_parser().parse_args(argv)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nobody
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse limits and addresses that cannot work, before anything is loaded."""
+    if not (math.isfinite(args.max_upload_mb) and args.max_upload_mb > 0):
+        raise CycleGANError(f"--max_upload_mb {args.max_upload_mb}: give a positive number of megabytes")
+    if args.max_pixels <= 0:
+        raise CycleGANError(f"--max_pixels {args.max_pixels}: give a positive number of pixels")
+    if not 1 <= args.port <= 65535:
+        raise CycleGANError(f"--port {args.port}: give a port from 1 to 65535")
+    if args.tile is not None and args.tile < 16:
+        raise CycleGANError(f"--tile {args.tile}: tiles must be at least 16 pixels")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse an address another program listens on, or one this machine does not have."""
     try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise CycleGANError(f"--host {host}: not an address of this machine ({exc.strerror or exc})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
         try:
-            import gradio  # noqa: F401
-        except ImportError as exc:
-            raise CycleGANError('cyclegan serve needs Gradio: pip install "cyclegan[demo]"') from exc
-        if args.max_upload_mb <= 0 or args.max_pixels <= 0:
-            raise CycleGANError("--max_upload_mb and --max_pixels must be positive")
-        translator = Translator(args.checkpoint, resolve_device(args.device), args.max_pixels, args.tile)
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
-    app = build_app(translator, args.max_upload_mb)
-    log.info("serving %s on http://%s:%d", translator.source, args.host, args.port)
-    app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb",
-               show_error=True, share=False, inbrowser=False)
+            probe.bind(address)
+        except OSError as exc:
+            raise CycleGANError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}); another "
+                                "program may be using the port: choose another --port") from None
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops the server as Ctrl-C does, so that its clean-up runs (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page phones nobody
+    check_flags(args)
+    try:
+        import gradio  # noqa: F401
+    except ImportError as exc:
+        raise CycleGANError('cyclegan serve needs Gradio: pip install "cyclegan[demo]"') from exc
+    check_port_free(args.host, args.port)
+    # Uploads (Gradio's copies) and translations live in one private folder, removed on exit.
+    workspace = Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(workspace / "uploads")
+    try:
+        translator = Translator(args.checkpoint, resolve_device(args.device), args.max_pixels, args.tile,
+                                out_dir=workspace / "translations")
+        app = build_app(translator, args.max_upload_mb)
+        log.info("serving %s on http://%s:%d", translator.source, args.host, args.port)
+        with terminate_as_interrupt():
+            app.launch(server_name=args.host, server_port=args.port, max_file_size=f"{args.max_upload_mb:g}mb",
+                       show_error=True, share=False, inbrowser=False)
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(get_args_parser(), run, argv, log)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.images import make_grid, save_image
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
 from cyclegan.logger import NullLogger, Progress, make_logger
-from cyclegan.memory import out_of_memory_advice, resolve_checkpointing
+from cyclegan.memory import check_fits, out_of_memory_advice, resolve_checkpointing
 from cyclegan.models import build_networks
 from cyclegan.options import TrainConfig, describe, get_args_parser, parse_config, validate
 from cyclegan.perf import Speed, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops
@@ -54,7 +54,7 @@ from cyclegan.resume import (
     resume_point,
     training_state,
 )
-from cyclegan.runtime import StopSignals, format_eta, resolve_device, setup_logging
+from cyclegan.runtime import StopSignals, format_eta, report_failure, resolve_device, setup_logging, split_debug
 from cyclegan.step import build_optimizers, build_schedulers, run_step, step_schedulers
 from cyclegan.utils import ReplayBuffer, atomic_write, seed_everything
 
@@ -146,9 +146,10 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     run, on ``device``; a resumed run's state loaded into them."""
     config = start.config
     speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
+    checkpointing = resolve_checkpointing(config, device)
+    check_fits(config, device, checkpointing)
     nets = build_networks(config)
     load_networks(nets, start)
-    checkpointing = resolve_checkpointing(config, device)
     prepare_networks(nets, speed, device, checkpointing)
     optimizers = build_optimizers(nets, config)
     trained = {name: wrap(net, env, device) for name, net in nets.items()}
@@ -362,8 +363,8 @@ def sample_images(nets: dict[str, nn.Module], batch: dict[str, torch.Tensor], pa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m cyclegan.train`` and ``cyclegan train``; returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging()
+    argv, debug = split_debug(sys.argv[1:] if argv is None else argv)
     try:
         config, explicit, print_config = parse_config(argv)
         if print_config:
@@ -374,12 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingStopped as exc:
         log.warning("%s", exc)
         return exc.exit_code
-    except KeyboardInterrupt:
-        log.warning("interrupted before training started")
-        return 130
-    except CycleGANError as exc:
-        log.error("%s", exc)
-        return exc.exit_code
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure ends in one line
+        return report_failure(exc, log, debug)
     finally:
         shutdown()
     return 0

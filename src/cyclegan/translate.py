@@ -38,8 +38,7 @@ from cyclegan.inference import (
     translate_image,
     whole_image_bytes,
 )
-from cyclegan.memory import available_bytes
-from cyclegan.runtime import resolve_device, run_command
+from cyclegan.runtime import add_debug_flag, available_bytes, resolve_device, run_command
 from cyclegan.utils import atomic_write
 
 __all__ = ["main", "get_args_parser", "collect_inputs"]
@@ -81,6 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=(
         "torch, or onnxruntime running a file made by 'cyclegan export --format onnx' (default: torch)"))
     p.add_argument("--no_index", action="store_true", help="do not write index.html")
+    add_debug_flag(p)
     return p
 
 
