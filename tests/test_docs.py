@@ -33,7 +33,9 @@ FLAG = re.compile(r"--[A-Za-z0-9_]+")
 # "--resume [PATH]"); the description follows after two or more spaces or on the next lines,
 # which are indented much further (and may start with a flag they mention: not an option line).
 OPTION_LINE = re.compile(r"^  (-{1,2}[A-Za-z0-9].*)$")
-NOT_DOCUMENTED = {"--help"}
+# --debug is every command's (runtime.add_debug_flag): documented once, in docs/options.md
+# (test_debug_is_documented_once_for_every_command), not in each command's table.
+NOT_DOCUMENTED = {"--help", "--debug"}
 
 # command -> the page holding its flag table(s)
 COMMAND_PAGES = {
@@ -156,6 +158,20 @@ def test_every_command_flag_has_a_row_in_its_page(command, command_help):
     assert not missing, f"flags of cyclegan {command} missing from its table in {rel}: {missing}"
     stale = sorted(documented - flags)
     assert not stale, f"{rel} documents flags cyclegan {command} does not have: {stale}"
+
+
+def test_debug_is_documented_once_for_every_command(command_help):
+    from cyclegan.options import get_args_parser
+
+    helps = {"train": get_args_parser().format_help(), **command_help}
+    lacking = sorted(c for c, text in helps.items() if not re.search(r"^  --debug\b", text, re.M))
+    assert not lacking, f"commands without --debug in their help: {lacking}"
+    text = (DOCS / "options.md").read_text(encoding="utf-8")
+    section = text.split("## When a command fails (every command)", 1)
+    assert len(section) == 2, "docs/options.md has no section 'When a command fails (every command)'"
+    body = section[1].split("\n## ", 1)[0]
+    for needed in ("`--debug`", "CYCLEGAN_DEBUG=1", "130"):
+        assert needed in body, f"the failure section of docs/options.md does not mention {needed}"
 
 
 @pytest.mark.parametrize("page", sorted({p.name for p in COMMAND_PAGES.values()}))
