@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "cyclegan"
 # inference -> commands.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("runtime", "utils", "zoo"),
+    ("runtime", "runlock", "utils", "zoo"),
     ("images", "fetch"),
     ("datasets", "models", "losses", "distributed"),
     ("__init__",),

@@ -30,6 +30,7 @@ from cyclegan.images import list_images, read_image
 from cyclegan.inference import load_generator
 from cyclegan.models import MODELS
 from cyclegan.options import MODEL_PRESETS, TrainConfig
+from cyclegan.runlock import LOCK_NAME, hold_run_folder
 from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.train import train
 from cyclegan.utils import atomic_write, psnr
@@ -86,21 +87,34 @@ def demo_config(output: str, n_epochs: int = 3, device: str = "auto", seed: int 
     )
 
 
-def clear_previous_demo(run_dir: Path) -> None:
-    """Remove what an earlier demo left in ``run_dir`` (only if it was a demo run)."""
+def is_previous_demo(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an earlier demo run; a CycleGANError if it holds anything else
+    (a file, another run, other files), which the demo must not touch."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CycleGANError(f"--output {run_dir} is a file, not a folder: choose a folder for the demo run")
     config_file = run_dir / "config.json"
     if not config_file.is_file():
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and any(p.name != LOCK_NAME for p in run_dir.iterdir()):
             raise CycleGANError(f"--output {run_dir} is a folder that does not hold a demo run: choose another")
-        return
+        return False
     try:
         previous = json.loads(config_file.read_text())
     except (OSError, ValueError):
         previous = {}
-    if previous.get("dataset_name") != DEMO_DATASET:
+    if not isinstance(previous, dict) or previous.get("dataset_name") != DEMO_DATASET:
         raise CycleGANError(f"--output {run_dir} holds a run that is not a demo: choose another folder")
-    for name in ("demo_data", "samples", "checkpoints"):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
+    return True
+
+
+def clear_previous_demo(run_dir: Path) -> None:
+    """Remove what an earlier demo left in ``run_dir`` (only if it was a demo run)."""
+    if is_previous_demo(run_dir):
+        for name in ("demo_data", "samples", "checkpoints", "metrics.jsonl", "tensorboard", "report.html"):
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def score_demo(run_dir: str | Path, epoch: int, device: str = "cpu") -> dict[str, float]:
@@ -129,8 +143,10 @@ def score_demo(run_dir: str | Path, epoch: int, device: str = "cpu") -> dict[str
 def run(args: argparse.Namespace) -> int:
     config = demo_config(args.output, args.n_epochs, args.device, args.seed, args.model)
     start = time.perf_counter()
-    clear_previous_demo(Path(args.output))
-    run_dir = train(config)
+    is_previous_demo(Path(args.output))  # refuses a folder that is not a demo run's, before taking it
+    with hold_run_folder(args.output):
+        clear_previous_demo(Path(args.output))
+        run_dir = train(config)
     results = score_demo(run_dir, config.n_epochs)
     results["seconds"] = round(time.perf_counter() - start, 1)
     with atomic_write(run_dir / "demo_results.json", "w") as f:

@@ -18,8 +18,11 @@ backend:
   ``wandb sync``;
 - ``none``: only ``metrics.jsonl``.
 
-A resumed run appends to the same files; lines after the resumed step (written before a crash)
-are kept, and readers take the last line of a step.
+A resumed run appends to the same files, which are first cut back to the step it resumes from:
+the lines of later steps (written before a crash, by the attempt that the resumed run replaces)
+and a last line torn by a crash are dropped from ``metrics.jsonl``, and TensorBoard purges its
+events after that step. ``read_metrics`` skips lines that are not records and keeps the last
+line of a step.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import numpy as np
 
 from cyclegan.errors import CycleGANError
 from cyclegan.runtime import format_eta
+from cyclegan.utils import atomic_write
 
-__all__ = ["LOGGERS", "Progress", "NullLogger", "RunLogger", "make_logger", "read_metrics"]
+__all__ = ["LOGGERS", "Progress", "NullLogger", "RunLogger", "make_logger", "cut_metrics", "read_metrics"]
 
 log = logging.getLogger("cyclegan.logger")
 train_log = logging.getLogger("cyclegan.train")
@@ -88,11 +92,40 @@ class NullLogger:
         pass
 
 
+def _record(line: str) -> dict[str, Any] | None:
+    """A line of ``metrics.jsonl`` as its record, or None when it is not one (cut short, damaged)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+        return None
+    return record
+
+
+def cut_metrics(path: Path, last_step: int | None) -> None:
+    """Keep the whole records of ``metrics.jsonl`` up to ``last_step`` (all, when None), rewritten
+    atomically when anything goes: a line torn by a crash, records past the step resumed from."""
+    if not path.is_file():
+        return
+    text = path.read_bytes().decode("utf-8", "replace")
+    lines = text.split("\n")
+    whole = lines[:-1]  # the last piece has no newline: empty, or a line a crash cut short
+    kept = [line for line in whole if (r := _record(line)) is not None and (last_step is None or r["step"] <= last_step)]
+    if len(kept) == len(lines) - 1 and not lines[-1]:
+        return
+    with atomic_write(path, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+
+
 class RunLogger(NullLogger):
-    def __init__(self, run_dir: Path, backend: str, config: dict[str, Any]) -> None:
+    def __init__(self, run_dir: Path, backend: str, config: dict[str, Any], resumed_at: int | None = None) -> None:
+        """``resumed_at``: the step a resumed (or restarted) run continues after; what was
+        logged past it is dropped."""
         self.run_dir = Path(run_dir)
         self.backend = backend
         self.start = time.time()
+        cut_metrics(self.run_dir / "metrics.jsonl", resumed_at)
         self.jsonl = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self.tb = self.wandb = None
         if backend == "tensorboard":
@@ -101,7 +134,8 @@ class RunLogger(NullLogger):
             except ImportError as exc:  # tensorboard is a dependency; a broken install says so
                 raise CycleGANError("--logger tensorboard needs the tensorboard package: pip install tensorboard, "
                                     "or pass --logger none") from exc
-            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                    purge_step=None if resumed_at is None else resumed_at + 1)
             self.tb.add_text("config", "\n".join(f"    {k}: {v}" for k, v in sorted(config.items())), 0)
         elif backend == "wandb":
             try:
@@ -148,21 +182,20 @@ class RunLogger(NullLogger):
             self.wandb.finish()
 
 
-def make_logger(run_dir: Path, backend: str, config: dict[str, Any], is_main: bool) -> NullLogger:
-    return RunLogger(run_dir, backend, config) if is_main else NullLogger()
+def make_logger(run_dir: Path, backend: str, config: dict[str, Any], is_main: bool,
+                resumed_at: int | None = None) -> NullLogger:
+    return RunLogger(run_dir, backend, config, resumed_at) if is_main else NullLogger()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The lines of ``metrics.jsonl``, one per step (the last line written for a step wins, so a
-    resumed run's rewritten steps replace those of the attempt before), in step order."""
+    """The records of ``metrics.jsonl``, one per step (the last line written for a step wins),
+    in step order; lines that are not records (cut short, damaged) are skipped."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
     by_step: dict[int, dict[str, Any]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-        by_step[int(record["step"])] = record
+    for line in path.read_bytes().decode("utf-8", "replace").splitlines():
+        record = _record(line)
+        if record is not None:
+            by_step[record["step"]] = record
     return [by_step[k] for k in sorted(by_step)]

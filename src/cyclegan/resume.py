@@ -33,8 +33,8 @@ from cyclegan.errors import CycleGANError
 from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig
 from cyclegan.utils import LambdaLR, ReplayBuffer
 
-__all__ = ["Start", "resume_point", "restart_point", "prepare_run_dir", "check_same_architecture",
-           "training_state", "restore_training_state", "SCHEDULE_FIELDS"]
+__all__ = ["Start", "resume_run_dir", "resume_point", "restart_point", "check_run_dir", "prepare_run_dir",
+           "check_same_architecture", "training_state", "restore_training_state", "SCHEDULE_FIELDS"]
 
 log = logging.getLogger("cyclegan.train")
 
@@ -60,18 +60,33 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path(config.output) if config.output else Path("runs") / config.dataset_name
 
 
+# What a run writes in its folder, besides its data and config.json: cleared by --overwrite.
+RUN_OUTPUTS = ("checkpoints", "samples", "tensorboard", "wandb", "metrics.jsonl", "report.html", "evaluation.json",
+               "diverged_batch.txt")
+
+
+def check_run_dir(config: TrainConfig, run_dir: Path) -> None:
+    """Refuse to start a new run over an existing one unless asked to (nothing is written)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CycleGANError(f"--output {run_dir} is a file, not a folder: choose a folder for the run")
+    if config.epoch == 0 and (run_dir / "config.json").exists() and not config.overwrite:
+        raise CycleGANError(
+            f"run folder {run_dir} already holds a run (config.json): continue it with --resume, "
+            "choose another --output, or pass --overwrite to start over in it"
+        )
+
+
 def prepare_run_dir(config: TrainConfig, run_dir: Path) -> None:
-    """Refuse to start a new run over an existing one unless asked to; with ``--overwrite``, clear
-    the old run's checkpoints and samples so that nothing of it can be mistaken for the new one."""
+    """With ``--overwrite``, clear what the old run in ``run_dir`` wrote (checkpoints, samples,
+    metrics, logs, report) so that nothing of it can be mistaken for the new run's."""
+    check_run_dir(config, run_dir)
     if config.epoch == 0 and (run_dir / "config.json").exists():
-        if not config.overwrite:
-            raise CycleGANError(
-                f"run folder {run_dir} already holds a run (config.json): continue it with --resume, "
-                "choose another --output, or pass --overwrite to start over in it"
-            )
-        for name in ("checkpoints", "samples"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        (run_dir / "diverged_batch.txt").unlink(missing_ok=True)
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
 
 def check_same_architecture(config: TrainConfig, saved: dict[str, Any], path: Path) -> None:
@@ -99,19 +114,31 @@ def restart_point(config: TrainConfig, run_dir: Path) -> Start:
     return Start(config, run_dir, ckpt, net_states)
 
 
-def _find_run_checkpoint(config: TrainConfig, explicit: set[str], is_main: bool) -> tuple[Path, Path, dict, dict]:
-    """The run folder and the run checkpoint ``--resume`` names: the newest valid one of the run
-    folder, or the folder given (later ones are then set aside)."""
+def resume_run_dir(config: TrainConfig, explicit: set[str]) -> Path:
+    """The run folder ``--resume`` continues (read from the flags alone: nothing is opened):
+    ``--output`` (or the default) for ``--resume`` alone, the folder given when it is a run
+    folder, else the run folder that holds the checkpoint given (or ``--output`` when given)."""
+    if config.resume == "latest":
+        return default_run_dir(config)
+    given = Path(config.resume).resolve()
+    if (given / "checkpoints").is_dir():
+        return given
+    if "output" in explicit:
+        return Path(config.output)
+    path = given if given.is_dir() or not given.suffix else given.parent
+    return path.parent.parent.parent  # <run>/checkpoints/resume/step_N
+
+
+def _find_run_checkpoint(config: TrainConfig, run_dir: Path, is_main: bool) -> tuple[Path, dict, dict]:
+    """The run checkpoint ``--resume`` names in ``run_dir``: the newest valid one, or the one
+    given (later ones are then set aside)."""
     given = Path(config.resume).resolve() if config.resume != "latest" else None
-    if given is not None and (given / "checkpoints").is_dir():  # a run folder
-        config.output, given = str(given), None
-    if given is None:
-        run_dir = default_run_dir(config)
+    if given is None or (given / "checkpoints").is_dir():
         if is_main:
             clean_run_checkpoints(run_dir)
         path, states, state = load_latest_run_checkpoint(run_dir, warn=log.warning if is_main else None,
                                                          set_aside_damaged=is_main)
-        return run_dir, path, states, state
+        return path, states, state
     if given.suffix == ".safetensors" and given.name.startswith("epoch_"):
         raise CycleGANError(
             f"--resume {given}: that file holds the networks only; continue from it with --epoch "
@@ -119,18 +146,18 @@ def _find_run_checkpoint(config: TrainConfig, explicit: set[str], is_main: bool)
         )
     states, state = load_run_checkpoint(given)
     path = given if given.is_dir() else given.parent
-    run_dir = Path(config.output) if "output" in explicit else path.parent.parent.parent
     if is_main:  # checkpoints after the one resumed from belong to an abandoned future
         for newer in list_run_checkpoints(run_dir):
             if int(newer.name.removeprefix("step_")) > state["step"]:
                 log.warning("set aside %s (newer than the checkpoint resumed from)", set_aside(newer, "abandoned"))
-    return run_dir, path, states, state
+    return path, states, state
 
 
 def resume_point(config: TrainConfig, explicit: set[str], is_main: bool = True) -> Start:
     """``--resume``: the run's checkpoint, and its config overridden by the flags given now
-    (``explicit``; network flags cannot change)."""
-    run_dir, path, states, state = _find_run_checkpoint(config, explicit, is_main)
+    (``explicit``; network flags cannot change). The caller holds the run folder's lock."""
+    run_dir = resume_run_dir(config, explicit)
+    path, states, state = _find_run_checkpoint(config, run_dir, is_main)
     saved = state["config"]
     defaults = TrainConfig().to_json()
     merged = {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in INVOCATION_FIELDS}}

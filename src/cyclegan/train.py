@@ -33,8 +33,17 @@ import torch
 from torch import nn
 
 from cyclegan.checkpoint import checkpoint_path, list_run_checkpoints, resume_dir, save_networks, save_run_checkpoint
-from cyclegan.distributed import DistEnv, any_rank, barrier, broadcast_int, init_distributed, shutdown, wrap
-from cyclegan.errors import CycleGANError, TrainingDiverged, TrainingStopped
+from cyclegan.distributed import (
+    DistEnv,
+    any_rank,
+    barrier,
+    broadcast_int,
+    env_from_environment,
+    init_distributed,
+    shutdown,
+    wrap,
+)
+from cyclegan.errors import BadImageError, CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.images import make_grid, save_image
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
 from cyclegan.logger import NullLogger, Progress, make_logger
@@ -46,14 +55,17 @@ from cyclegan.report import write_report
 from cyclegan.resume import (
     Position,
     Start,
+    check_run_dir,
     default_run_dir,
     load_networks,
     prepare_run_dir,
     restart_point,
     restore_training_state,
     resume_point,
+    resume_run_dir,
     training_state,
 )
+from cyclegan.runlock import hold_run_folder
 from cyclegan.runtime import StopSignals, format_eta, report_failure, resolve_device, setup_logging, split_debug
 from cyclegan.step import build_optimizers, build_schedulers, run_step, step_schedulers
 from cyclegan.utils import ReplayBuffer, atomic_write, seed_everything
@@ -84,18 +96,38 @@ class Run:
 
 def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[str] | None = None) -> Path:
     """Train as the config says; returns the run folder. Raises ``TrainingStopped`` after a
-    signal (having saved), ``TrainingDiverged`` on a non-finite loss, ``CycleGANError`` on bad input."""
+    signal (having saved), ``TrainingDiverged`` on a non-finite loss, ``CycleGANError`` on bad input.
+    The run folder is locked (``runlock``) by rank 0 from before anything is written in it."""
+    explicit = explicit or set()
+    if config.resume:
+        run_dir = resume_run_dir(config, explicit)
+        if not run_dir.is_dir():
+            raise CycleGANError(f"--resume: there is no run folder {run_dir}; give the run folder with --output, or "
+                                "a checkpoint folder with --resume PATH")
+    else:
+        validate(config)
+        choose_dataset(config, dataset_name_given)  # no dataset given: the demo data, and runs/demo
+        run_dir = default_run_dir(config)
+        check_run_dir(config, run_dir)
+    is_main = env_from_environment().is_main
+    with hold_run_folder(run_dir) if is_main else contextlib.nullcontext():
+        return train_in_folder(config, dataset_name_given, explicit)
+
+
+def train_in_folder(config: TrainConfig, dataset_name_given: bool, explicit: set[str]) -> Path:
+    """``train``, its run folder held."""
     resumed = None
     if config.resume:
-        resumed = resume_point(config, explicit or set(), is_main=int(os.environ.get("RANK", "0")) == 0)
+        resumed = resume_point(config, explicit, is_main=env_from_environment().is_main)
         config, dataset_name_given = resumed.config, True
     validate(config)
     env, device = init_distributed(resolve_device(config.device))
     if not env.is_main:
         logging.getLogger("cyclegan").setLevel(logging.WARNING)
     data_root = choose_dataset(config, dataset_name_given)
+    run_dir = resumed.run_dir if resumed else default_run_dir(config)
+    data = open_data(config, data_root, run_dir, env)  # every image checked before the old run is cleared
     start = resumed or new_start(config, env)
-    data = open_data(config, data_root, start.run_dir, env)
     if config.seed is None:  # every rank must draw the same data order: rank 0's choice
         config.seed = broadcast_int(random.SystemRandom().randrange(2**31), env, device)
     seed_everything(config.seed + env.rank)  # per-rank model randomness; rank 0's weights are broadcast
@@ -106,10 +138,17 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
         return run.run_dir
     loader, sampler = make_loader(data.train, config, env.rank, env.world_size, device.type == "cuda")
     n_batches = len(loader)  # a whole epoch's (once positioned mid-epoch, the loader yields fewer)
+    if start.state is None and config.epoch > 0:  # --epoch N: the steps of the epochs before it count
+        run.position.step = config.epoch * n_batches
+    if config.max_steps is not None and run.position.step >= config.max_steps:
+        log.info("the run in %s is at step %d, not below --max_steps %d: nothing to do; continue it with a larger "
+                 "--max_steps", run.run_dir, run.position.step, config.max_steps)
+        return run.run_dir
     samples = sample_batch(data.val)
     announce(run, data, start)
     first_epoch = run.position.epoch
-    with contextlib.closing(make_logger(run.run_dir, config.logger, config.to_json(), env.is_main)) as run_logger:
+    with contextlib.closing(make_logger(run.run_dir, config.logger, config.to_json(), env.is_main,
+                                        resumed_at=run.position.step if start.path is not None else None)) as run_logger:
         clock = Clock.for_run(run, n_batches)
         with StopSignals() as stop:
             for epoch in range(first_epoch, config.n_epochs):
@@ -125,7 +164,8 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
 
 
 def new_start(config: TrainConfig, env: DistEnv) -> Start:
-    """A run that is not resumed: a new one, or the reference's ``--epoch N`` restart."""
+    """A run that is not resumed: a new one (an old run in its folder cleared with
+    ``--overwrite``), or the reference's ``--epoch N`` restart."""
     run_dir = default_run_dir(config)
     if env.is_main:
         prepare_run_dir(config, run_dir)
@@ -229,7 +269,14 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
     progress = Progress(n_batches, epoch, config.n_epochs, done=first)
     stopping, i = False, first - 1
     clock.lap()
-    for i, batch in enumerate(loader, start=first):
+    batches = enumerate(loader, start=first)
+    while True:
+        try:
+            i, batch = next(batches)
+        except StopIteration:
+            break
+        except BadImageError as exc:  # an image went bad since the run started: keep the work done
+            raise bad_image_stop(run, exc, epoch, i + 1) from None
         real_A = batch["A"].to(run.device, non_blocking=True, memory_format=layout(run))
         real_B = batch["B"].to(run.device, non_blocking=True, memory_format=layout(run))
         try:
@@ -263,6 +310,17 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
     if i + 1 == n_batches:
         end_epoch(run, epoch, n_batches)
     return stopping
+
+
+def bad_image_stop(run: Run, exc: BadImageError, epoch: int, batch: int) -> CycleGANError:
+    """Save the run where it is and say which image failed (from a loader worker, the message
+    arrives as the last line of the worker's traceback)."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    what = lines[-1].removeprefix(f"{BadImageError.__module__}.{BadImageError.__name__}: ") if lines else "an image"
+    saved = save_run(run, epoch, batch) if run.position.step > 0 else None
+    where = f"the run was saved at step {run.position.step}" if saved else "nothing was trained yet"
+    return CycleGANError(f"{what}; {where}. Replace or remove the file (or pass --bad_images skip), then continue "
+                         f"with: cyclegan train --resume --output {run.run_dir}")
 
 
 def layout(run: Run) -> torch.memory_format:
