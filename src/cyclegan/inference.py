@@ -188,9 +188,18 @@ def load_generator(path: str | Path, direction: str = "AtoB", device: torch.devi
     return gen
 
 
+# The smallest side every generator here takes: a ResNet generator's residual blocks pad by
+# reflection at a quarter of the size, which needs at least 2 pixels there.
+SMALLEST_SIDE = 8
+
+
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    """``x`` padded at the bottom and right to sides that are multiples of ``multiple`` and at
+    least ``SMALLEST_SIDE``: by reflection, or by repeating the edge where the image is smaller
+    than the padding (a 1 x 1 or 3 x 500 image)."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
+    smallest = -(-SMALLEST_SIDE // multiple) * multiple
+    ph, pw = max(smallest - h, (-h) % multiple), max(smallest - w, (-w) % multiple)
     if ph or pw:
         mode = "reflect" if ph < h and pw < w else "replicate"
         x = F.pad(x, (0, pw, 0, ph), mode=mode)
@@ -198,7 +207,7 @@ def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
 
 
 def translate_tensor(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """``run`` on ``x`` (N, C, H, W in [-1, 1]) padded by reflection to a multiple, cropped back."""
+    """``run`` on ``x`` (N, C, H, W in [-1, 1]) padded to what the generator takes, cropped back."""
     padded, h, w = _pad_to(x, multiple)
     return run(padded)[..., :h, :w]
 

@@ -9,7 +9,13 @@ batches; ``--tile`` translates big images in overlapping tiles with blended seam
 the input's name, in the format of ``--ext`` (default: the input's own when it is png, jpg or
 webp, else png), each written atomically; ``index.html`` shows inputs and outputs side by side.
 Grey inputs of a colour model are made RGB, and an RGBA image's alpha is put back on its
-translation. An unreadable input is reported by name and skipped; the exit status is then 1.
+translation. An input that cannot be read or translated is reported by name and skipped; the
+others are written, with ``index.html``, and the exit status is then 1.
+
+Nothing of the user's is ever replaced: before any work, an output folder that is, holds or lies
+in an input folder is refused, and so is an output that would replace an input; files already in
+the output folder under this call's output names (``index.html`` included) are replaced only with
+``--overwrite``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import html
 import logging
 import os
 import sys
+import urllib.parse
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,6 +87,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=(
         "torch, or onnxruntime running a file made by 'cyclegan export --format onnx' (default: torch)"))
     p.add_argument("--no_index", action="store_true", help="do not write index.html")
+    p.add_argument("--overwrite", action="store_true", help=(
+        "replace files already in --output that have the names of this call's outputs (or index.html); without "
+        "it they are left alone and nothing is translated. An input is never replaced"))
     add_debug_flag(p)
     return p
 
@@ -136,13 +146,23 @@ def choose_tile(gen: Generator | OnnxGenerator, batch: torch.Tensor, device: tor
     return tile
 
 
+def _href(path: str) -> str:
+    """A path for an HTML attribute: percent-encoded bytes, so that any file name (not UTF-8
+    either) makes a valid page and the link finds the file."""
+    return urllib.parse.quote(os.fsencode(path))
+
+
+def _text(name: str) -> str:
+    """A file name for HTML text: what is not UTF-8 shown as the replacement character."""
+    return html.escape(os.fsencode(name).decode("utf-8", "replace"))
+
+
 def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
     rows = []
     for source, target in done:
-        src = html.escape(Path(os.path.relpath(source.resolve(), output.resolve())).as_posix())
-        dst = html.escape(target.as_posix())
-        rows.append(f'<tr><td>{html.escape(source.name)}</td><td><img src="{src}" loading="lazy"></td>'
-                    f'<td><img src="{dst}" loading="lazy"></td></tr>')
+        src = _href(Path(os.path.relpath(source.resolve(), output.resolve())).as_posix())
+        rows.append(f'<tr><td>{_text(source.name)}</td><td><img src="{src}" loading="lazy"></td>'
+                    f'<td><img src="{_href(target.as_posix())}" loading="lazy"></td></tr>')
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>cyclegan translate</title><style>"
         "body{font-family:sans-serif}img{max-width:420px;max-height:420px}td{padding:4px;vertical-align:top}"
@@ -153,21 +173,76 @@ def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
         f.write(page)
 
 
-def run(args: argparse.Namespace) -> int:
+def check_flags(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise CycleGANError(f"--batch_size {args.batch_size}: must be at least 1")
-    if args.tile is not None and (args.tile < 16 or args.overlap < 0 or args.overlap >= args.tile // 2):
+    if args.overlap < 0:
+        raise CycleGANError(f"--overlap {args.overlap}: must be 0 or more")
+    if args.tile is not None and (args.tile < 16 or args.overlap >= args.tile // 2):
         raise CycleGANError(f"--tile {args.tile} --overlap {args.overlap}: the tile must be at least 16 and the "
                             "overlap below half the tile")
-    inputs = collect_inputs(args.input)
+    if args.size is not None and not 4 <= args.size <= 65536:
+        raise CycleGANError(f"--size {args.size}: give the shorter side to work at, from 4 to 65536 pixels")
+    if not str(args.output).strip():
+        raise CycleGANError("--output '': give the folder to write the translations to")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def plan_outputs(args: argparse.Namespace) -> tuple[Path, dict[Path, Path]]:
+    """The output folder and ``{output name: input file}``, checked before any work: an output
+    folder that is, holds or lies in an input folder, an output that would replace an input, two
+    inputs with one output name, and (without ``--overwrite``) files already there under this
+    call's output names are refused."""
     output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise CycleGANError(f"--output {output} is a file: give a folder for the translations")
+    out = output.resolve()
+    for spec in args.input:
+        folder = Path(spec)
+        if folder.is_dir() and (_inside(out, folder.resolve()) or _inside(folder.resolve(), out)):
+            raise CycleGANError(f"--output {output} and --input {spec}: the output folder may not be an input folder, "
+                                "nor lie inside one or hold one; choose a separate --output")
     targets: dict[Path, Path] = {}
-    for source, name in inputs:
+    for source, name in collect_inputs(args.input):
         target = output_name(name, args.ext)
         if target in targets and targets[target] != source:
             raise CycleGANError(f"--input: {targets[target]} and {source} would both be written to "
                                 f"{output / target}; translate them into different --output folders")
         targets[target] = source
+    sources = {source.resolve() for source in targets.values()}
+    for target, source in targets.items():
+        if (out / target).resolve() in sources:
+            raise CycleGANError(f"--output {output}: the translation of {source} would replace the input "
+                                f"{(out / target).resolve()}; choose another --output (or --ext)")
+    taken = [output / t for t in targets if os.path.lexists(output / t)]
+    if not args.no_index and os.path.lexists(output / "index.html"):
+        taken.append(output / "index.html")
+    folders = [p for p in taken if p.is_dir()]
+    if folders:
+        raise CycleGANError(f"--output {output}: {folders[0]} is a folder where a translation would go; choose "
+                            "another --output")
+    if taken and not args.overwrite:
+        listing = ", ".join(str(p) for p in taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise CycleGANError(f"--output {output} already holds {len(taken)} of the files this would write ({listing}): "
+                            "nothing was translated; pass --overwrite to replace them, or choose an empty --output")
+    return output, targets
+
+
+def _resized(tensor: torch.Tensor, size: tuple[int, int], work_size: int) -> torch.Tensor:
+    """``--resize``: the image scaled so that its shorter side is ``work_size``."""
+    w, h = size
+    scale = work_size / min(w, h)
+    work = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return torch.nn.functional.interpolate(tensor, size=(work[1], work[0]), mode="bicubic",
+                                           align_corners=False).clamp(-1, 1)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_flags(args)
+    output, targets = plan_outputs(args)
     device = resolve_device(args.device)
     gen: Generator | OnnxGenerator
     if args.backend == "onnxruntime":
@@ -185,9 +260,13 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(targets), unit="img", disable=not sys.stderr.isatty())
 
     def flush(items: list[Item]) -> None:
-        batch = torch.cat([it.tensor for it in items]).to(device)
-        tile = args.tile or choose_tile(gen, batch, device, items)
-        result = translate_image(gen, batch, tile, args.overlap)
+        try:
+            batch = torch.cat([it.tensor for it in items]).to(device)
+            result = translate_image(gen, batch, args.tile or choose_tile(gen, batch, device, items), args.overlap)
+        except (RuntimeError, ValueError, MemoryError) as exc:  # one batch fails: the others go on
+            failed.extend((it.source, f"could not be translated ({exc})") for it in items)
+            bar.update(len(items))
+            return
         for it, out in zip(items, result):
             image = tensor_to_image(out)
             if image.size != it.size:  # --resize: back to the input's size
@@ -204,11 +283,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(1)
             continue
         if args.resize:
-            w, h = size
-            scale = work_size / min(w, h)
-            work = (max(1, round(w * scale)), max(1, round(h * scale)))
-            tensor = torch.nn.functional.interpolate(tensor, size=(work[1], work[0]), mode="bicubic",
-                                                     align_corners=False).clamp(-1, 1)
+            tensor = _resized(tensor, size, work_size)
         key = tuple(tensor.shape[-2:])
         groups[key].append(Item(source, target, size, tensor, alpha))
         if len(groups[key]) >= args.batch_size:
@@ -221,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("wrote %d images to %s", len(done), output)
     if failed:
         listing = "\n".join(f"  {path}: {why}" for path, why in failed)
-        log.error("%d of %d inputs could not be read and were skipped:\n%s", len(failed), len(targets), listing)
+        log.error("%d of %d inputs could not be translated and were skipped:\n%s", len(failed), len(targets), listing)
         return 1
     return 0
 
