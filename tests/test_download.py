@@ -37,6 +37,7 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.cut_after: dict[str, int] = {}
         self.slow: set[str] = set()  # sent 64 KiB at a time, 50 ms apart
+        self.endless: set[str] = set()  # zeros until the client goes away, no Content-Length
         self.ranges: list[str] = []
         outer = self
 
@@ -45,6 +46,14 @@ class Server:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                if self.path in outer.endless:
+                    self.send_response(200)
+                    self.end_headers()
+                    try:
+                        while True:
+                            self.wfile.write(bytes(65536))
+                    except OSError:  # the client went away
+                        return
                 data = outer.files.get(self.path)
                 if data is None:
                     self.send_error(404, "Not Found")
@@ -250,6 +259,92 @@ def test_extraction_limits_on_size_and_count(tmp_path):
     assert leftovers(tmp_path) == ["a.zip"]
     extract_zip(archive, tmp_path / "d", strip_top="d")
     assert len(list((tmp_path / "d" / "trainA").iterdir())) == 5
+
+
+def test_every_member_counts_towards_the_bomb_limits(tmp_path):
+    # Many members of 1 MiB of zeros: each one under the old 1 MiB threshold.
+    archive = tmp_path / "many.zip"
+    archive.write_bytes(zip_with({f"d/trainA/{i}.jpg": bytes(2**20) for i in range(40)}))
+    with pytest.raises(DownloadError, match="zip bomb"):
+        extract_zip(archive, tmp_path / "d")
+    # Members too small for the per-member ratio add up: the ratio of the whole archive counts.
+    small = tmp_path / "small.zip"
+    small.write_bytes(zip_with({f"d/trainA/{i}.jpg": bytes(60 * 2**10) for i in range(600)}))
+    with pytest.raises(DownloadError, match="together"):
+        extract_zip(small, tmp_path / "d")
+    assert leftovers(tmp_path) == ["many.zip", "small.zip"]
+
+
+@pytest.mark.parametrize("members, why", [
+    ({"d/trainA": b"a file", "d/trainA/a.jpg": b"x"}, "both a file and a folder"),
+    ({"d/trainA/a.jpg": b"x", "d/trainA/a.jpg/b.jpg": b"y"}, "both a file and a folder"),
+], ids=["file-then-folder", "folder-under-file"])
+def test_a_file_and_a_folder_of_one_name_are_refused(tmp_path, members, why):
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(zip_with(members))
+    with pytest.raises(DownloadError, match=why):
+        extract_zip(archive, tmp_path / "d")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("d/trainA/a.jpg", b"x")
+        zf.writestr("d/trainA/a.jpg", b"y")
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(DownloadError, match="appears twice"):
+        extract_zip(archive, tmp_path / "d")
+    assert leftovers(tmp_path) == ["a.zip"]
+
+
+def test_a_disk_error_while_extracting_keeps_the_archive(tmp_path, monkeypatch):
+    import errno
+
+    from cyclegan import fetch
+    from cyclegan.errors import CycleGANError
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", "d/trainA/a.jpg")
+
+    monkeypatch.setattr(fetch, "_extract_member", full)
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(zip_with({"d/trainA/a.jpg": b"x"}))
+    with pytest.raises(CycleGANError, match="No space left on device.*the archive is kept") as caught:
+        extract_zip(archive, tmp_path / "d")
+    assert not isinstance(caught.value, DownloadError)  # not the archive's fault: download keeps it
+    assert leftovers(tmp_path) == ["a.zip"]
+
+
+def test_a_server_that_sends_forever_is_cut_off(tmp_path, server):
+    server.endless.add("/datasets/horse2zebra.zip")
+    with pytest.raises(DownloadError, match="more than the 1048576"):
+        download(server.url + "/datasets/horse2zebra.zip", tmp_path / "x.zip", max_bytes=2**20)
+    assert leftovers(tmp_path) == []
+    result = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, "--max_size", "300KB",
+                     cwd=tmp_path)
+    assert result.returncode == 1 and "more than the 300000" in result.stderr and "Traceback" not in result.stderr
+    assert leftovers(tmp_path / "data") == []
+    # A size announced beyond the cap is refused before anything is read.
+    server.files["/pretrained_models/horse2zebra.pth"] = bytes(5000)
+    with pytest.raises(DownloadError, match="announces 5000 bytes"):
+        download(server.url + "/pretrained_models/horse2zebra.pth", tmp_path / "m.pth", max_bytes=4000)
+    assert leftovers(tmp_path) == ["data"]
+    bad = run_cli("download", "model", "horse2zebra", "--max_size", "lots", cwd=tmp_path)
+    assert bad.returncode == 2 and "--max_size" in bad.stderr
+
+
+def test_the_users_own_files_beside_the_dataset_are_left_alone(tmp_path, server):
+    data = tmp_path / "data"
+    (data / ".horse2zebra.new").mkdir(parents=True)
+    (data / ".horse2zebra.new" / "mine.txt").write_text("mine")
+    (data / "horse2zebra.zip").write_bytes(b"my own archive")
+    server.files["/datasets/horse2zebra.zip"] = zip_with({"../evil.txt": b"x"})
+    refused = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    assert refused.returncode == 1
+    server.files["/datasets/horse2zebra.zip"] = dataset_zip("horse2zebra")
+    result = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, "--keep_archive", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (data / "horse2zebra.zip").read_bytes() == b"my own archive"
+    assert (data / ".horse2zebra.new" / "mine.txt").read_text() == "mine"
+    assert (data / ".cyclegan-horse2zebra.zip").read_bytes() == server.files["/datasets/horse2zebra.zip"]
+    assert leftovers(data) == [".cyclegan-horse2zebra.zip", ".horse2zebra.new", "horse2zebra", "horse2zebra.zip"]
 
 
 def test_a_damaged_archive_is_refused(tmp_path):

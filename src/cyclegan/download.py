@@ -9,8 +9,10 @@ Inception network, fetched safely in one command.
 Then ``cyclegan train --dataset_name horse2zebra`` reads the dataset, ``cyclegan translate
 --checkpoint horse2zebra`` the generator, ``cyclegan evaluate`` the Inception network.
 
-Every download resumes where an interrupted one stopped and is renamed into place only when
-whole (``fetch.download``); a dataset is extracted safely into a temporary folder and renamed
+Every download resumes where an interrupted one stopped, is cut off past a byte cap (the
+published size and half again, or ``--max_size``) and is renamed into place only when whole
+(``fetch.download``); a dataset's archive has a hidden name of its own, so nothing of the user's
+beside it is touched; a dataset is extracted safely into a temporary folder and renamed
 into place (``fetch.extract_zip``); a generator must load as a state dict of tensors
 (``weights_only``) before it is kept; the Inception network must match its published SHA-256.
 The official server publishes no checksums for the datasets and generators: for them the size
@@ -21,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,8 +79,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                                       "the published one)")
     incep.add_argument("--force", action="store_true", help="download again over an existing file")
     for parser in (data, model, incep):
+        parser.add_argument("--max_size", type=_size, default=None, help=(
+            "stop a download that brings more than this (as 800MB or 2GiB) and delete it (default: a dataset's "
+            "published size and half again, 512MiB for a generator or the Inception network)"))
         add_debug_flag(parser)
     return p
+
+
+def _size(text: str) -> int:
+    try:
+        return zoo.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def listing(entries: dict[str, str | None], header: str) -> str:
@@ -94,37 +108,48 @@ def require_name(name: str | None, known: dict, what: str) -> str:
 
 
 def download_dataset(name: str, root: Path, base: str | None = None, keep_archive: bool = False,
-                     force: bool = False) -> Path:
-    """``root/name``, complete: downloaded, extracted safely, renamed into place."""
+                     force: bool = False, max_bytes: int | None = None) -> Path:
+    """``root/name``, complete: downloaded (to a hidden name of its own: nothing of the user's in
+    ``root`` is touched but ``root/name`` with ``force``), extracted safely, renamed into place."""
     target = root / name
     if target.exists() and not force:
         if has_split(target, "train"):
             log.info("%s is already there (pass --force to download it again)", target)
             return target
         raise CycleGANError(f"{target} exists but holds no train split: move it away or pass --force")
-    archive = root / f"{name}.zip"
+    if target.exists() and not target.is_dir():
+        raise CycleGANError(f"{target} is a file: move it away to download the dataset there")
+    archive = root / f".cyclegan-{name}.zip"  # the download's own name: a user's NAME.zip is never touched
     url = zoo.dataset_url(name, base)
     log.info("downloading %s (%s) from %s", name, zoo.DATASETS.get(name) or "size unknown", url)
-    download(url, archive)
-    staged = root / f".{name}.new"
-    shutil.rmtree(staged, ignore_errors=True)
+    download(url, archive, max_bytes=max_bytes or zoo.dataset_max_bytes(name))
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".new", dir=root))
     try:
-        extract_zip(archive, staged, strip_top=name)
-        if not has_split(staged, "train"):
-            raise DownloadError(f"{archive}: the archive holds no train split (trainA and trainB)")
-    except DownloadError as exc:  # an archive that is refused is not kept either
-        shutil.rmtree(staged, ignore_errors=True)
-        archive.unlink(missing_ok=True)
-        raise DownloadError(f"{exc}; the archive was deleted") from exc
-    replace_dir(staged, target)  # --force: the old folder goes only once the new one is whole
+        staged = work / name
+        try:
+            extract_zip(archive, staged, strip_top=name)
+            if not has_split(staged, "train"):
+                raise DownloadError(f"{archive}: the archive holds no train split (trainA and trainB)")
+        except DownloadError as exc:  # an archive that is refused is not kept either
+            archive.unlink(missing_ok=True)
+            raise DownloadError(f"{exc}; the archive was deleted") from exc
+        replace_dir(staged, target)  # --force: the old folder goes only once the new one is whole
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if not keep_archive:
         archive.unlink()
+    elif (root / f"{name}.zip").exists():
+        log.info("kept the archive as %s (%s is there already)", archive, root / f"{name}.zip")
+    else:
+        os.replace(archive, root / f"{name}.zip")
+        log.info("kept the archive as %s", root / f"{name}.zip")
     log.info("%s is ready: cyclegan train --dataset_name %s%s", target, name,
              "" if root == Path("data") else f" --dataroot {target}")
     return target
 
 
-def download_model(name: str, root: Path | None = None, base: str | None = None, force: bool = False) -> Path:
+def download_model(name: str, root: Path | None = None, base: str | None = None, force: bool = False,
+                   max_bytes: int | None = None) -> Path:
     """``root/name.pth``: downloaded, and kept only if it loads as a generator's weights."""
     target = zoo.pretrained_path(name, root)
     if target.is_file() and not force:
@@ -138,26 +163,27 @@ def download_model(name: str, root: Path | None = None, base: str | None = None,
         except CycleGANError as exc:
             raise DownloadError(f"{url}: not a generator's weights ({exc}); the file was deleted") from exc
 
-    download(url, target, check=loads_as_weights)
+    download(url, target, check=loads_as_weights, max_bytes=max_bytes or zoo.MODEL_MAX_BYTES)
     log.info("%s is ready: cyclegan translate --checkpoint %s --input IMAGES --output OUT", target, name)
     return target
 
 
 def download_inception(output: Path | None = None, url: str | None = None, sha256: str | None = zoo.INCEPTION_SHA256,
-                       force: bool = False) -> Path:
+                       force: bool = False, max_bytes: int | None = None) -> Path:
     """The FID Inception network, checked against ``sha256``."""
     target = output or zoo.inception_locations()[0]
     if target.is_file() and not force:
         log.info("%s is already there (pass --force to download it again)", target)
         return target
-    download(zoo.inception_url(url), target, sha256=sha256)
+    download(zoo.inception_url(url), target, sha256=sha256, max_bytes=max_bytes or zoo.INCEPTION_MAX_BYTES)
     log.info("%s is ready for cyclegan evaluate", target)
     return target
 
 
 def run(args: argparse.Namespace) -> int:
     if args.what == "inception":
-        download_inception(Path(args.output) if args.output else None, args.url, args.sha256, args.force)
+        download_inception(Path(args.output) if args.output else None, args.url, args.sha256, args.force,
+                           args.max_size)
         return 0
     entries: dict[str, str | None] = dict(zoo.DATASETS) if args.what == "dataset" else dict(zoo.MODELS)
     if args.list:
@@ -165,9 +191,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     name = require_name(args.name, entries, args.what)
     if args.what == "dataset":
-        download_dataset(name, Path(args.root), args.base_url, args.keep_archive, args.force)
+        download_dataset(name, Path(args.root), args.base_url, args.keep_archive, args.force, args.max_size)
     else:
-        download_model(name, Path(args.root) if args.root else None, args.base_url, args.force)
+        download_model(name, Path(args.root) if args.root else None, args.base_url, args.force, args.max_size)
     return 0
 
 

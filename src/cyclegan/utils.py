@@ -21,6 +21,7 @@ __all__ = [
     "seed_everything",
     "atomic_write",
     "replace_dir",
+    "current_umask",
     "fsync_dir",
     "psnr",
 ]
@@ -102,17 +103,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path``; on success flush, fsync and rename it over ``path``.
 
     A process that dies mid-write leaves at most a ``.tmp`` file, never a half-written ``path``.
+    The file gets the mode a plain ``open`` would give it (0666 less the umask), and text is
+    UTF-8, a file name that is not written as its own bytes (``surrogateescape``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        text = {} if "b" in mode else {"encoding": "utf-8", "errors": "surrogateescape"}
+        with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -129,10 +141,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
 def replace_dir(source: Path, target: Path) -> None:
     """Rename the whole folder ``source`` to ``target``; an existing ``target`` is first renamed
     to ``.<name>.old`` beside it and removed only once ``source`` is in its place, so a process
-    killed between the two renames leaves the old folder whole under that name."""
+    killed between the two renames leaves the old folder whole under that name. Whatever has
+    that name already is left alone (``.<name>.old1``, ... is used instead)."""
     if target.exists():
         trash = target.with_name(f".{target.name}.old")
-        shutil.rmtree(trash, ignore_errors=True)
+        k = 1
+        while os.path.lexists(trash):
+            trash = target.with_name(f".{target.name}.old{k}")
+            k += 1
         os.replace(target, trash)
         os.replace(source, target)
         shutil.rmtree(trash, ignore_errors=True)

@@ -11,9 +11,11 @@ the host of the datasets and models, for a mirror; ``$CYCLEGAN_INCEPTION_URL`` t
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 __all__ = ["DATASETS", "MODELS", "BASE_URL", "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_SHA256",
+           "parse_size", "dataset_max_bytes", "MODEL_MAX_BYTES", "INCEPTION_MAX_BYTES",
            "base_url", "dataset_url", "model_url", "inception_url", "pretrained_root", "pretrained_path",
            "inception_locations", "download_dataset_hint"]
 
@@ -61,6 +63,35 @@ INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 # The SHA-256 published for this file (by a public metrics package that pins it); see docs/inference.md.
 INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4"
+
+
+# The most a download may bring, when its size is not published: a server that sends more is cut off.
+MODEL_MAX_BYTES = 512 * 2**20  # an official generator is about 45 MB
+INCEPTION_MAX_BYTES = 512 * 2**20  # about 95 MB
+UNPUBLISHED_DATASET_MAX_BYTES = 8 * 2**30
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+
+
+def parse_size(text: str) -> int:
+    """``"1.4 GB"``, ``"500MiB"``, ``"75 MB"`` or a number of bytes, as bytes; a ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: give bytes or a number with a unit, as 800MB or 2GiB")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    if size < 1:
+        raise ValueError(f"{text!r}: a size must be at least one byte")
+    return size
+
+
+def dataset_max_bytes(name: str) -> int:
+    """The most the download of dataset ``name`` may bring: its published size and half again
+    (and 32 MiB), or 8 GiB where no size is published."""
+    published = DATASETS.get(name)
+    if published is None:
+        return UNPUBLISHED_DATASET_MAX_BYTES
+    return int(parse_size(published) * 1.5) + 32 * 2**20
 
 
 def base_url(given: str | None = None) -> str:
