@@ -223,6 +223,32 @@ def test_export_onnx_and_torchscript_match_pytorch_and_translate_with_onnxruntim
     assert a.shape == (100, 36, 3) and np.abs(a - b).max() <= 1
 
 
+@pytest.mark.parametrize("opset", [13, 20])
+def test_export_writes_the_opset_asked_for_with_the_umask_mode(tmp_path, tiny_run, opset):
+    import onnx
+
+    from cyclegan import export
+
+    out = tmp_path / f"g{opset}.onnx"
+    old = os.umask(0o027)
+    try:
+        assert export.main(["--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(out),
+                            "--opset", str(opset)]) == 0
+    finally:
+        os.umask(old)
+    model = onnx.load(str(out))
+    assert [(i.domain, i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")] == [("", opset)]
+    assert out.stat().st_mode & 0o777 == 0o640
+    translated = tmp_path / "t"
+    image = smooth_image(tmp_path / "in" / "a.png", (36, 28), seed=1)
+    assert run_cli("translate", "--checkpoint", str(out), "--backend", "onnxruntime", "--input", str(image),
+                   "--output", str(translated)).returncode == 0
+    assert Image.open(translated / "a.png").size == (36, 28)
+    assert export.main(["--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
+                        "--opset", "99"]) == 2
+    assert not (tmp_path / "x.onnx").exists()
+
+
 def test_an_export_that_fails_its_check_leaves_no_file(tmp_path, tiny_run):
     target = tmp_path / "g.onnx"
     result = run_cli("export", "--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(target),

@@ -153,3 +153,21 @@ def test_replace_dir_swaps_a_whole_folder_into_place(tmp_path):
     replace_dir(newer, target)
     assert sorted(p.name for p in target.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["target"]  # no .target.old left
+
+
+def test_atomic_writes_and_checkpoints_follow_the_umask_and_keep_any_file_name(tmp_path):
+    from cyclegan.checkpoint import save_run_checkpoint
+
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    old = os.umask(0o027)
+    try:
+        with atomic_write(tmp_path / "report.txt", "w") as f:
+            f.write(f"A {tmp_path / name}\n")
+        save_run_checkpoint(tmp_path / "run", 3, {"net": torch.nn.Linear(2, 2)}, {"step": 3}, keep=2)
+    finally:
+        os.umask(old)
+    report = tmp_path / "report.txt"
+    assert report.read_bytes() == b"A " + os.fsencode(tmp_path) + b"/caf\xe9.png\n"
+    assert report.stat().st_mode & 0o777 == 0o640
+    folder = tmp_path / "run" / "checkpoints" / "resume" / "step_000000003"
+    assert folder.stat().st_mode & 0o777 == 0o750

@@ -32,7 +32,7 @@ from torch import nn
 
 from cyclegan.errors import CycleGANError
 from cyclegan.models import NETWORK_NAMES, network_names
-from cyclegan.utils import ReplayBuffer, atomic_write, fsync_dir, replace_dir
+from cyclegan.utils import ReplayBuffer, atomic_write, current_umask, fsync_dir, replace_dir
 
 __all__ = [
     "NETWORK_NAMES",
@@ -176,6 +176,7 @@ def save_run_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{_STEP_PREFIX}{step:09d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
+    tmp.chmod(0o777 & ~current_umask())  # renamed into place: the mode of a plain mkdir, not 0700
     try:
         tensors = {
             f"{name}.{key}": value.detach().cpu().contiguous()

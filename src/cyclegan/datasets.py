@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from cyclegan.errors import CycleGANError
+from cyclegan.errors import BadImageError, CycleGANError
 from cyclegan.images import list_images, load_image, to_unit_tensor
 
 __all__ = [
@@ -349,9 +349,18 @@ class ImageDataset(Dataset):
             path_B = self.files_B[int(torch.randint(0, len(self.files_B), (1,)).item())]
         else:
             path_B = self.files_B[index % len(self.files_B)]
-        item_A = self.transform_A(load_image(path_A, self.channels))
-        item_B = self.transform_B(load_image(path_B, self.channels_B))
+        item_A = self.transform_A(_load(path_A, self.channels))
+        item_B = self.transform_B(_load(path_B, self.channels_B))
         return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
+
+
+def _load(path: Path, channels: int) -> Image.Image:
+    """``load_image``, its failures one ``BadImageError`` naming the file (also from a loader
+    worker, where the message reaches the main process as the last line of a traceback)."""
+    try:
+        return load_image(path, channels)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise BadImageError(f"{path} could not be read during training ({type(exc).__name__}: {exc})") from None
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -7,13 +7,18 @@ and exits with status 2.
 
 from __future__ import annotations
 
-__all__ = ["CycleGANError", "TrainingDiverged", "TrainingStopped"]
+__all__ = ["CycleGANError", "BadImageError", "TrainingDiverged", "TrainingStopped"]
 
 
 class CycleGANError(Exception):
     """An error in what the user gave us, with a message that says what to do about it."""
 
     exit_code = 2
+
+
+class BadImageError(CycleGANError):
+    """An image that was good when the run started could not be read during training (changed,
+    removed, or its disk failed). The message is one line naming the file; the run saves first."""
 
 
 class TrainingDiverged(CycleGANError):

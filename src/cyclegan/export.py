@@ -24,12 +24,14 @@ import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cyclegan.errors import CycleGANError
 from cyclegan.inference import Generator, OnnxGenerator, load_generator
 from cyclegan.runtime import add_debug_flag, run_command
+from cyclegan.utils import current_umask
 
 __all__ = ["main", "get_args_parser", "export_onnx", "export_torchscript", "parity_inputs"]
 
@@ -46,7 +48,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the file to write (.onnx, or .pt for TorchScript)")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help="which generator of a run (default: AtoB)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset version (default: 18)")
+    p.add_argument("--opset", type=int, default=18, help=(
+        "the ONNX opset the file holds: 18 and newer from torch.export, 7 to 17 from TorchScript's exporter (default: 18)"))
     p.add_argument("--tolerance", type=float, default=1e-4, help=(
         "largest absolute difference from PyTorch's output accepted by the check (default: 1e-4)"))
     add_debug_flag(p)
@@ -91,16 +94,52 @@ def check_parity(gen: Generator, run: Callable[[torch.Tensor], torch.Tensor], to
     return worst
 
 
-def export_onnx(gen: Generator, path: Path, opset: int = 18, metadata: dict[str, str] | None = None) -> None:
-    """Write ``gen`` as ONNX to ``path`` with dynamic batch, height and width."""
+def _default_opset(model: Any) -> int | None:
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+# The dynamo exporter writes opset 18 at the least; older opsets come from TorchScript's exporter.
+DYNAMO_OPSET = 18
+
+
+def _export_proto(gen: Generator, opset: int) -> Any:
+    """The ONNX model of ``gen`` at ``opset``, with dynamic batch, height and width."""
+    example = torch.rand(1, gen.in_channels, 4 * gen.multiple, 4 * gen.multiple) * 2 - 1
+    if opset < DYNAMO_OPSET:
+        import onnx
+
+        buffer = io.BytesIO()
+        axes = {0: "batch", 2: "height", 3: "width"}
+        torch.onnx.export(gen.net, (example,), buffer, input_names=["image"], output_names=["translated"],
+                          opset_version=opset, dynamo=False, dynamic_axes={"image": axes, "translated": axes})
+        return onnx.load_from_string(buffer.getvalue())
+    dims = {0: torch.export.Dim("batch"), 2: gen.multiple * torch.export.Dim("height_blocks"),
+            3: gen.multiple * torch.export.Dim("width_blocks")}
+    program = torch.onnx.export(gen.net, (example,), input_names=["image"], output_names=["translated"],
+                                dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True)
+    return program.model_proto
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset ONNX does not know (before any work)."""
     try:
         import onnx
     except ImportError as exc:
         raise CycleGANError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'cyclegan[export]'") \
             from exc
-    example = torch.rand(1, gen.in_channels, 4 * gen.multiple, 4 * gen.multiple) * 2 - 1
-    dims = {0: torch.export.Dim("batch"), 2: gen.multiple * torch.export.Dim("height_blocks"),
-            3: gen.multiple * torch.export.Dim("width_blocks")}
+
+    newest = onnx.defs.onnx_opset_version()
+    if not 7 <= opset <= newest:
+        raise CycleGANError(f"--opset {opset}: give an ONNX opset from 7 to {newest} (this onnx's newest)")
+
+
+def export_onnx(gen: Generator, path: Path, opset: int = 18, metadata: dict[str, str] | None = None) -> None:
+    """Write ``gen`` as ONNX at exactly ``opset`` to ``path`` with dynamic batch, height and width."""
+    try:
+        import onnx
+    except ImportError as exc:
+        raise CycleGANError("--format onnx needs onnx, onnxscript and onnxruntime: pip install 'cyclegan[export]'") \
+            from exc
     quiet = io.StringIO()
     chatty = [logging.getLogger(name) for name in ("torch", "onnxscript", "onnx_ir")]
     levels = [logger.level for logger in chatty]
@@ -109,12 +148,17 @@ def export_onnx(gen: Generator, path: Path, opset: int = 18, metadata: dict[str,
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(gen.net, (example,), input_names=["image"], output_names=["translated"],
-                                        dynamic_shapes={"x": dims}, opset_version=opset, dynamo=True)
+            model = _export_proto(gen, opset)
+    except Exception as exc:  # noqa: BLE001 - an exporter that cannot write this opset
+        raise CycleGANError(f"--opset {opset}: the generator cannot be exported at this opset ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); try --opset "
+                            f"{DYNAMO_OPSET}") from exc
     finally:
         for logger, level in zip(chatty, levels):
             logger.setLevel(level)
-    model = program.model_proto
+    if _default_opset(model) != opset:
+        raise CycleGANError(f"--opset {opset}: the exporter wrote opset {_default_opset(model)} instead; try --opset "
+                            f"{DYNAMO_OPSET}")
     for key, value in (metadata or {}).items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
@@ -136,10 +180,15 @@ def run(args: argparse.Namespace) -> int:
         raise CycleGANError(f"--output {output} is a folder; give the file to write")
     if not output.parent.is_dir():
         raise CycleGANError(f"--output {output}: the folder {output.parent} does not exist")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise CycleGANError(f"--tolerance {args.tolerance}: give a positive number, as 1e-4")
+    if args.format == "onnx":
+        check_opset(args.opset)
     gen = load_generator(args.checkpoint, args.direction, "cpu")
     metadata = {"in_channels": str(gen.in_channels), "out_channels": str(gen.out_channels),
                 "multiple": str(gen.multiple), "direction": args.direction, "source": gen.source, "arch": gen.arch}
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())  # the mode a plain open would give, not mkstemp's 0600
     os.close(fd)
     tmp = Path(tmp_name)
     try:
