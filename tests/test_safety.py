@@ -237,3 +237,51 @@ def test_an_image_that_goes_bad_during_training_saves_the_run_and_names_it(tmp_p
     saved = sorted((run / "checkpoints" / "resume").iterdir())
     assert saved and int(saved[-1].name.removeprefix("step_")) == len(steps)  # every step done is kept
     assert f"saved at step {len(steps)}" in errors[0]
+
+
+def test_half_precision_generator_files_translate(tmp_path, tiny_run):
+    from safetensors.torch import load_file, save_file
+
+    source = photo(tmp_path / "in" / "cat.png", 1)
+    weights = load_file(str(checkpoint_path(tiny_run, 1)))
+    outputs = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        path = tmp_path / f"g_{str(dtype)[6:]}.safetensors"
+        save_file({k.split(".", 1)[1]: v.to(dtype) for k, v in weights.items() if k.startswith("G_AB.")}, str(path))
+        out = tmp_path / f"out_{str(dtype)[6:]}"
+        assert translate("--checkpoint", str(path), "--input", str(source), "--output", str(out)) == 0
+        outputs[dtype] = np.asarray(Image.open(out / "cat.png"), dtype=np.int16)
+    # Rounded weights, nearly the same picture.
+    assert np.abs(outputs[torch.float16] - outputs[torch.float32]).mean() < 2
+    assert np.abs(outputs[torch.bfloat16] - outputs[torch.float32]).mean() < 6
+
+
+@pytest.mark.parametrize("metadata, named", [
+    ({"epoch": "1", "config": "{not json"}, "metadata is damaged"),
+    ({"epoch": "1", "config": json.dumps({"ngf": "wide"})}, "ngf = 'wide'"),
+    ({"epoch": "1", "config": json.dumps(["a", "list"])}, "not a mapping"),
+], ids=["not-json", "wrong-type", "not-a-mapping"])
+def test_a_checkpoint_with_malformed_metadata_is_one_line(tmp_path, tiny_run, caplog, metadata, named):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad" / "epoch_1.safetensors"
+    bad.parent.mkdir()
+    save_file(load_file(str(checkpoint_path(tiny_run, 1))), str(bad), metadata=metadata)
+    source = photo(tmp_path / "in" / "cat.png", 1)
+    assert translate("--checkpoint", str(bad), "--input", str(source), "--output", str(tmp_path / "o")) == 2
+    assert named in caplog.text and str(bad) in caplog.text and "Traceback" not in caplog.text
+
+
+def test_the_time_left_counts_to_max_steps_and_the_peak_fraction_to_the_batch_found():
+    from cyclegan.resume import Position
+
+    config = TrainConfig(n_epochs=200, decay_epoch=100, max_steps=800)
+    assert train_module.steps_left(config, Position(epoch=0, batch=0, step=0), 1000) == 800
+    assert train_module.steps_left(config, Position(epoch=0, batch=300, step=300), 1000) == 500
+    assert train_module.steps_left(TrainConfig(n_epochs=2, decay_epoch=1), Position(epoch=1, batch=10, step=110),
+                                   100) == 90
+    # 100 asked, 4 found: the fraction is of the 4 images' work, not of 100.
+    clock = train_module.Clock(flops_per_image=1e9, peak_gflops=1e12, total_batches=10)
+    time.sleep(0.01)
+    _, fraction, _ = clock.tick(4, 4)
+    assert 0 < fraction < 4e9 / 0.01 / 1e9 / 1e3 + 1e-9

@@ -119,7 +119,10 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 def test_the_web_demo_translates_an_upload_and_refuses_an_oversized_one(trained_run, browser, tmp_path):
     port = free_port()
-    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    temp = tmp_path / "tmp"  # the system temp folder serve works in: empty again after it exits
+    temp.mkdir()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1",
+               TMPDIR=str(temp))
     proc = subprocess.Popen([sys.executable, "-m", "cyclegan", "serve", "--checkpoint", str(trained_run), "--port",
                              str(port), "--max_pixels", "5000"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -157,6 +160,13 @@ def test_the_web_demo_translates_an_upload_and_refuses_an_oversized_one(trained_
         assert "5,000" in page.content()
         assert proc.poll() is None  # the server lives on
         page.close()
+        assert [p.name for p in temp.iterdir() if p.name.startswith("cyclegan-serve-")]  # its private workspace
+        second = subprocess.run([sys.executable, "-m", "cyclegan", "serve", "--checkpoint", str(trained_run), "--port",
+                                 str(port)], env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2 and "choose another --port" in second.stderr
+        assert "Traceback" not in second.stderr
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    # The uploads and translations the users made are gone with the server.
+    assert not [p for p in temp.rglob("*") if "cyclegan-serve-" in str(p)], sorted(temp.rglob("*"))

@@ -99,7 +99,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, t
         header = json.loads(raw[8 : 8 + header_len])
     except (SafetensorError, ValueError, OSError) as exc:
         raise CycleGANError(f"checkpoint {path} is damaged or not a safetensors file ({exc}); use another one") from exc
-    metadata = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+    try:
+        metadata = {k: json.loads(v) for k, v in (header.get("__metadata__") or {}).items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise CycleGANError(f"checkpoint {path}: its metadata is damaged ({exc}); use another checkpoint") from exc
     states: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         name, _, rest = key.partition(".")

@@ -184,12 +184,23 @@ def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], lis
     for f in files:
         try:
             tensors.append(read_image(f, channels)[0][0])
-        except (OSError, ValueError) as exc:
-            raise CycleGANError(f"{flag}: cannot read {f} ({exc}); remove or fix it") from exc
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise CycleGANError(f"{flag}: cannot read {f} ({type(exc).__name__}: {exc}); remove or fix it") from None
     return files, tensors
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Values that cannot work, refused before the Inception network is loaded."""
+    if args.kid_subset_size < 2:
+        raise CycleGANError(f"--kid_subset_size {args.kid_subset_size}: KID needs subsets of at least 2 images")
+    if args.size is not None and not 4 <= args.size <= 65536:
+        raise CycleGANError(f"--size {args.size}: give the shorter side to translate at, from 4 to 65536 pixels")
+    if args.json is not None and (not args.json.strip() or Path(args.json).is_dir()):
+        raise CycleGANError(f"--json {args.json!r}: give the file to write the results to")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    check_flags(args)
     device = resolve_device(args.device)
     features = InceptionFeatures(find_inception(args.inception), device)  # before any long work
     results: dict[str, Any] = {}

@@ -180,8 +180,9 @@ def run(args: argparse.Namespace) -> int:
         raise CycleGANError(f"--output {output} is a folder; give the file to write")
     if not output.parent.is_dir():
         raise CycleGANError(f"--output {output}: the folder {output.parent} does not exist")
-    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
-        raise CycleGANError(f"--tolerance {args.tolerance}: give a positive number, as 1e-4")
+    if not (math.isfinite(args.tolerance) and 0 < args.tolerance < 2):
+        raise CycleGANError(f"--tolerance {args.tolerance}: give a positive number below 2, as 1e-4 (outputs lie in "
+                            "[-1, 1]: 2 or more would check nothing)")
     if args.format == "onnx":
         check_opset(args.opset)
     gen = load_generator(args.checkpoint, args.direction, "cpu")

@@ -85,7 +85,7 @@ class OnnxGenerator:
 def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any], direction: str,
               source: str) -> Generator:
     """One generator of a run's checkpoint, built from the run's config as training built it."""
-    config = TrainConfig.from_json(saved)
+    config = TrainConfig.from_json(saved, source)
     name = "G_AB" if direction == "AtoB" else "G_BA"
     if name not in states:
         raise CycleGANError(
@@ -94,7 +94,7 @@ def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any],
         )
     with torch.device("meta"):  # the weights come from the checkpoint: nothing to allocate or draw
         net = build_generator(config, direction, initialise=False)
-    net.load_state_dict(states[name], assign=True)
+    net.load_state_dict(as_float32(states[name]), assign=True)
     cin, cout = (config.channels_A, config.channels_B) if direction == "AtoB" else (config.channels_B, config.channels_A)
     arch = "official" if config.upsample == "transpose" else "reference"
     size = (config.img_height, config.img_width)
@@ -102,6 +102,12 @@ def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any],
 
 
 _BLOCK = re.compile(r"^model\.(\d+)\.(conv_block|block)\.")
+
+
+def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights saved in half precision (float16, bfloat16) or float64, as float32: the
+    generator runs in float32 and autocasts where it is asked to."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "state dict") -> Generator:
@@ -137,7 +143,7 @@ def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "sta
     with torch.device("meta"):
         net = build_generator(config, "AtoB", initialise=False)
     try:
-        net.load_state_dict(state, strict=True, assign=True)
+        net.load_state_dict(as_float32(state), strict=True, assign=True)
     except RuntimeError as exc:
         raise CycleGANError(f"{source}: the weights do not fit a {arch} ResNet generator with {n_blocks} blocks "
                             f"(ngf {ngf}, {in_channels} -> {out_channels} channels"
@@ -177,11 +183,15 @@ def load_generator(path: str | Path, direction: str = "AtoB", device: torch.devi
         try:
             states, meta = load_checkpoint(path)
         except CycleGANError:
-            states, meta = {}, {}
-        if "config" in meta and "G_AB" in states:
-            gen = _from_run(states, meta["config"], direction, str(path))
+            state = load_state_dict_file(path)  # a generator's weights (without run metadata)
+            if any(k.startswith("G_AB.") for k in state):
+                raise  # a run's networks whose metadata is damaged: say so
+            gen = generator_from_state_dict(state, str(path))
         else:
-            gen = generator_from_state_dict(load_state_dict_file(path), str(path))
+            if "config" in meta and "G_AB" in states:
+                gen = _from_run(states, meta["config"], direction, str(path))
+            else:
+                gen = generator_from_state_dict(load_state_dict_file(path), str(path))
     else:
         gen = generator_from_state_dict(load_state_dict_file(path), str(path))
     gen.net.to(device)

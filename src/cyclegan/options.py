@@ -38,7 +38,7 @@ from cyclegan.models import (
 )
 from cyclegan.runtime import add_debug_flag
 
-__all__ = ["TrainConfig", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
+__all__ = ["TrainConfig", "saved_fields", "check_path_flags", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
            "GAN_MODES"]
 
 PREPROCESS_MODES = ("reference", "resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
@@ -144,11 +144,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_json(cls, values: Any, source: str = "the saved config") -> "TrainConfig":
         """The config a run saved (``config.json``, a checkpoint's metadata): keys this version
-        does not know are left out, and those it lacks (an older run's) take their defaults."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in names})
+        does not know are left out, and those it lacks (an older run's) take their defaults; a
+        value of the wrong type is a CycleGANError naming ``source``."""
+        return cls(**saved_fields(values, source))
 
     @property
     def channels_A(self) -> int:
@@ -162,6 +162,36 @@ class TrainConfig:
     def resize_size(self) -> int:
         """The official ``load_size``; by default 1.12x the crop, as in the reference (286 for 256)."""
         return self.load_size or int(max(self.img_height, self.img_width) * 1.12)
+
+
+def _json_type_ok(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return value is None or isinstance(value, (bool, int, float, str, list))
+
+
+def saved_fields(values: Any, source: str) -> dict[str, Any]:
+    """The known fields of a saved config, each of the type its default has (a CycleGANError
+    naming ``source`` and the field otherwise): a damaged or hand-edited config is refused in
+    one line, not deep inside network building."""
+    if not isinstance(values, dict):
+        raise CycleGANError(f"{source}: the run's config is not a mapping of option names to values; the file is "
+                            "damaged")
+    defaults = TrainConfig().to_json()
+    fields = {k: v for k, v in values.items() if k in defaults}
+    for key, value in fields.items():
+        if not _json_type_ok(value, defaults[key]):
+            raise CycleGANError(f"{source}: the run's config has {key} = {value!r}, not a value of that option; the "
+                                "file is damaged or was edited by hand")
+    return fields
 
 
 # Options that describe the networks; a run restarted with --epoch N must keep them.
@@ -372,11 +402,15 @@ def _config_file_argv(path: str) -> list[str]:
     """A YAML (or JSON) file of options as command-line tokens."""
     import yaml
 
+    if not path.strip() or "\x00" in path:
+        raise CycleGANError(f"--config {path!r}: give the path of a YAML file of options")
     file = Path(path)
     try:
-        values = yaml.safe_load(file.read_text())
+        values = yaml.safe_load(file.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise CycleGANError(f"--config {file}: cannot read the file ({exc.strerror})") from exc
+        raise CycleGANError(f"--config {file}: cannot read the file ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise CycleGANError(f"--config {file}: not a text file ({exc.reason})") from exc
     except yaml.YAMLError as exc:
         raise CycleGANError(f"--config {file}: not valid YAML ({exc})") from exc
     if values is None:
@@ -456,7 +490,7 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
     print_config = bool(cli.pop("print_config", False))
     config_file = cli.pop("config", None)
     from_file: dict[str, Any] = {}
-    if config_file:
+    if config_file is not None:
         from_file = vars(parser.parse_args(_config_file_argv(config_file)))
         for key in (*INVOCATION_FIELDS, "print_config", "config"):
             from_file.pop(key, None)
@@ -494,7 +528,18 @@ def validate(config: TrainConfig) -> None:
 # overflow before any memory estimate could say so).
 LARGEST = {"ngf": 4096, "ndf": 4096, "netF_nc": 4096, "n_residual_blocks": 1000, "n_layers_D": 12,
            "img_height": 65536, "img_width": 65536, "load_size": 65536, "batch_size": 65536, "num_patches": 2**20}
+LARGEST_FLOAT = 1e6  # weights, rates, gains, margins: nothing meaningful lies beyond
+LARGEST_INT = 2**31 - 1  # epochs, steps, intervals (the seed has its own range)
 PATH_FLAGS = ("dataroot", "output", "resume", "dataset_name")
+
+
+def check_path_flags(config: TrainConfig) -> None:
+    """No path flag empty or holding a NUL byte (checked before any path is looked at)."""
+    for flag in PATH_FLAGS:
+        value = getattr(config, flag)
+        if value is not None and (not str(value).strip() or "\x00" in str(value)):
+            raise CycleGANError(f"--{flag} {value!r}: give a path (an empty one, or one with a NUL byte, names "
+                                "nothing)")
 
 
 def _check_values(config: TrainConfig) -> None:
@@ -503,15 +548,16 @@ def _check_values(config: TrainConfig) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise CycleGANError(f"--{f.name} {value}: give a finite number")
+        if isinstance(value, float) and abs(value) > LARGEST_FLOAT:
+            raise CycleGANError(f"--{f.name} {value}: at most {LARGEST_FLOAT:g} in size; no option means anything "
+                                "beyond")
+        if isinstance(value, int) and not isinstance(value, bool) and f.name != "seed" and abs(value) > LARGEST_INT:
+            raise CycleGANError(f"--{f.name} {value}: at most {LARGEST_INT}")
     for flag, top in LARGEST.items():
         value = getattr(config, flag)
         if value is not None and value > top:
             raise CycleGANError(f"--{flag} {value}: at most {top}")
-    for flag in PATH_FLAGS:
-        value = getattr(config, flag)
-        if value is not None and (not str(value).strip() or "\x00" in str(value)):
-            raise CycleGANError(f"--{flag} {value!r}: give a path (an empty one, or one with a NUL byte, names "
-                                "nothing)")
+    check_path_flags(config)
     if config.seed is not None and not 0 <= config.seed < 2**63:
         raise CycleGANError(f"--seed {config.seed}: use a seed from 0 to 2**63 - 1")
     if config.lr > 1:

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import math
 import logging
 import sys
 from collections.abc import Sequence
@@ -57,21 +58,23 @@ def loss_chart(records: list[dict[str, Any]]) -> bytes:
     axes = axes[0]
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
-            values = [r.get(key) for r in records]
-            if any(v is not None for v in values):
+            values = [_number(r.get(key)) for r in records]  # a damaged value is a gap
+            if any(math.isfinite(v) for v in values):
                 ax.plot(steps, values, label=key, linewidth=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[-1]
     for key in ("lr_G", "lr_D"):
-        values = [r.get(key) for r in records]
-        if any(v is not None for v in values):
+        values = [_number(r.get(key)) for r in records]
+        if any(math.isfinite(v) for v in values):
             ax.plot(steps, values, label=key, linewidth=1)
     ax.set_title("learning rate", fontsize=10)
     ax.set_xlabel("step")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -88,11 +91,26 @@ def pick_samples(samples: list[Path], at_most: int = 8) -> list[Path]:
     return [samples[i] for i in sorted(picks)]
 
 
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``; None when it is damaged (cut short, not JSON, not UTF-8)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").is_file():
         raise CycleGANError(f"{run_dir}: not a run folder (no config.json); give the --output folder of a training run")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = _read_json(run_dir / "config.json")
+    if not isinstance(config, dict):
+        raise CycleGANError(f"{run_dir / 'config.json'}: damaged (not a JSON mapping of options); restore it from the "
+                            "run's checkpoint metadata or start the run again")
     records = read_metrics(run_dir)
     samples = sorted((run_dir / "samples").glob("*.png"))
     parts = [
@@ -109,7 +127,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if records:
         last = records[-1]
         parts.append(f"<p>{len(records)} logged steps; last: step {last['step']} (epoch {last.get('epoch', '?')})"
-                     f", {last.get('img_s', 0):.3g} img/s.</p>")
+                     f", {_number(last.get('img_s')):.3g} img/s.</p>")
         parts.append("<h2>Losses</h2>")
         parts.append(f"<img id='loss-chart' alt='loss curves' src='{_png_data_url(loss_chart(records))}'>")
     else:
@@ -130,7 +148,9 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         parts.append("<h2>Latest checkpoint</h2><p id='checkpoint'>none yet</p>")
     evaluation = run_dir / "evaluation.json"
     if evaluation.is_file():
-        numbers = json.loads(evaluation.read_text())
+        numbers = _read_json(evaluation)
+        if not isinstance(numbers, dict):
+            numbers = {"evaluation.json": "damaged: run cyclegan evaluate again"}
         rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in numbers.items())
         parts.append(f"<h2>Evaluation</h2><table id='evaluation'>{rows}</table>")
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in sorted(config.items()))

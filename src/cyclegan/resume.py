@@ -30,7 +30,7 @@ from cyclegan.checkpoint import (
     set_rng_state,
 )
 from cyclegan.errors import CycleGANError
-from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig
+from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig, saved_fields
 from cyclegan.utils import LambdaLR, ReplayBuffer
 
 __all__ = ["Start", "resume_run_dir", "resume_point", "restart_point", "check_run_dir", "prepare_run_dir",
@@ -158,7 +158,7 @@ def resume_point(config: TrainConfig, explicit: set[str], is_main: bool = True) 
     (``explicit``; network flags cannot change). The caller holds the run folder's lock."""
     run_dir = resume_run_dir(config, explicit)
     path, states, state = _find_run_checkpoint(config, run_dir, is_main)
-    saved = state["config"]
+    saved = saved_fields(state.get("config"), str(path))
     defaults = TrainConfig().to_json()
     merged = {**defaults, **{k: v for k, v in saved.items() if k in defaults and k not in INVOCATION_FIELDS}}
     changed = {k: getattr(config, k) for k in explicit if k in defaults and getattr(config, k) != merged.get(k)}

@@ -49,7 +49,7 @@ from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data,
 from cyclegan.logger import NullLogger, Progress, make_logger
 from cyclegan.memory import check_fits, out_of_memory_advice, resolve_checkpointing
 from cyclegan.models import build_networks
-from cyclegan.options import TrainConfig, describe, get_args_parser, parse_config, validate
+from cyclegan.options import TrainConfig, check_path_flags, describe, get_args_parser, parse_config, validate
 from cyclegan.perf import Speed, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops
 from cyclegan.report import write_report
 from cyclegan.resume import (
@@ -99,6 +99,7 @@ def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[st
     signal (having saved), ``TrainingDiverged`` on a non-finite loss, ``CycleGANError`` on bad input.
     The run folder is locked (``runlock``) by rank 0 from before anything is written in it."""
     explicit = explicit or set()
+    check_path_flags(config)
     if config.resume:
         run_dir = resume_run_dir(config, explicit)
         if not run_dir.is_dir():
@@ -137,6 +138,9 @@ def train_in_folder(config: TrainConfig, dataset_name_given: bool, explicit: set
                  run.run_dir, config.n_epochs)
         return run.run_dir
     loader, sampler = make_loader(data.train, config, env.rank, env.world_size, device.type == "cuda")
+    if config.batch_size * env.world_size > len(data.train):
+        log.warning("--batch_size %d is more than the %d images an epoch has%s: each step trains on fewer images "
+                    "than asked", config.batch_size, len(data.train), " across the ranks" if env.world_size > 1 else "")
     n_batches = len(loader)  # a whole epoch's (once positioned mid-epoch, the loader yields fewer)
     if start.state is None and config.epoch > 0:  # --epoch N: the steps of the epochs before it count
         run.position.step = config.epoch * n_batches
@@ -222,13 +226,21 @@ def announce(run: Run, data: RunData, start: Start) -> None:
                  run.position.step)
 
 
+def steps_left(config: TrainConfig, position: Position, n_batches: int) -> int:
+    """The steps this run will still take: to the end of its last epoch, or to --max_steps."""
+    total = (config.n_epochs - position.epoch) * n_batches - position.batch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps - position.step)
+    return max(0, total)
+
+
 class Clock:
     """The run's speed: img/s from the wall time between steps (the wait for data included), the
     fraction of the machine's measured matrix-multiply peak a step reaches (nanoGPT's MFU), and
     the time left."""
 
-    def __init__(self, flops: int, peak_gflops: float, total_batches: int) -> None:
-        self.flops, self.peak, self.total = flops, peak_gflops, total_batches
+    def __init__(self, flops_per_image: float, peak_gflops: float, total_batches: int) -> None:
+        self.flops, self.peak, self.total = flops_per_image, peak_gflops, total_batches
         self.done = 0
         self.start = self.last = time.perf_counter()
 
@@ -239,20 +251,21 @@ class Clock:
         peak = matmul_peak_gflops(run.device, run.speed.amp_dtype or torch.float32) if is_main else 0.0
         log.info("speed: %s; a step is %.3g GFLOP; measured %s matrix-multiply peak %.0f GFLOP/s",
                  run.speed.describe(), flops / 1e9, run.speed.amp_name if run.speed.amp_dtype else "fp32", peak)
-        total = (config.n_epochs - run.position.epoch) * n_batches - run.position.batch
-        return cls(flops, peak, total)
+        return cls(flops / config.batch_size, peak, steps_left(config, run.position, n_batches))
 
     def lap(self) -> None:
         """Start timing the next step (at the start of an epoch)."""
         self.last = time.perf_counter()
 
-    def tick(self, images: int) -> tuple[float, float, float]:
-        """A step of ``images`` images is done: (img/s, fraction of peak, seconds left)."""
+    def tick(self, images: int, local_images: int) -> tuple[float, float, float]:
+        """A step is done, of ``images`` images on all ranks and ``local_images`` on this one
+        (the batch found, which a small dataset or an epoch's end makes smaller than
+        ``--batch_size``): (img/s, this device's fraction of its peak, seconds left)."""
         now = time.perf_counter()
         step_s, self.last = max(now - self.last, 1e-9), now
         self.done += 1
-        eta = (now - self.start) / self.done * (self.total - self.done)
-        return images / step_s, self.flops / step_s / 1e9 / max(self.peak, 1e-9), eta
+        eta = (now - self.start) / self.done * max(0, self.total - self.done)
+        return images / step_s, self.flops * local_images / step_s / 1e9 / max(self.peak, 1e-9), eta
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -288,7 +301,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
         stop_if_diverged(run, values, batch, epoch, i)
         position.step += 1
         position.loss_G_sum += values["G"]
-        img_s, peak_fraction, eta = clock.tick(real_A.size(0) * env.world_size)
+        img_s, peak_fraction, eta = clock.tick(real_A.size(0) * env.world_size, real_A.size(0))
         progress.update(i, values, img_s, peak_fraction, eta)
         if position.step % config.log_interval == 0 or i + 1 == n_batches:
             run_logger.scalars(position.step, {

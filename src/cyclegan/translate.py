@@ -176,8 +176,12 @@ def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
 def check_flags(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         raise CycleGANError(f"--batch_size {args.batch_size}: must be at least 1")
-    if args.overlap < 0:
-        raise CycleGANError(f"--overlap {args.overlap}: must be 0 or more")
+    if args.batch_size > 65536:
+        raise CycleGANError(f"--batch_size {args.batch_size}: at most 65536")
+    if not 0 <= args.overlap <= 4096:
+        raise CycleGANError(f"--overlap {args.overlap}: give the pixels tiles share, from 0 to 4096")
+    if args.tile is not None and args.tile > 65536:
+        raise CycleGANError(f"--tile {args.tile}: at most 65536")
     if args.tile is not None and (args.tile < 16 or args.overlap >= args.tile // 2):
         raise CycleGANError(f"--tile {args.tile} --overlap {args.overlap}: the tile must be at least 16 and the "
                             "overlap below half the tile")
