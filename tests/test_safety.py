@@ -285,3 +285,17 @@ def test_the_time_left_counts_to_max_steps_and_the_peak_fraction_to_the_batch_fo
     time.sleep(0.01)
     _, fraction, _ = clock.tick(4, 4)
     assert 0 < fraction < 4e9 / 0.01 / 1e9 / 1e3 + 1e-9
+
+
+def test_demo_refuses_an_output_that_is_a_file_or_another_run(tmp_path, caplog):
+    from cyclegan import demo
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert demo.main(["--output", str(afile)]) == 2
+    assert "is a file" in caplog.text and afile.read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo.png").write_bytes(b"mine")
+    assert demo.main(["--output", str(other)]) == 2
+    assert sorted(p.name for p in other.iterdir()) == ["photo.png"]
