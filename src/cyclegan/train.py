@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import signal
 import sys
