@@ -223,11 +223,14 @@ def test_export_onnx_and_torchscript_match_pytorch_and_translate_with_onnxruntim
     assert a.shape == (100, 36, 3) and np.abs(a - b).max() <= 1
 
 
-@pytest.mark.parametrize("opset", [13, 20])
-def test_export_writes_the_opset_asked_for_with_the_umask_mode(tmp_path, tiny_run, opset):
+def test_export_writes_the_opset_asked_for_with_the_umask_mode(tmp_path, tiny_run):
+    # 13 goes through TorchScript's exporter (torch.export writes 18 at the least; the default
+    # 18 is tested above); the file must say 13 and translate with onnxruntime.
     import onnx
 
-    from cyclegan import export
+    from cyclegan import export, translate
+
+    opset = 13
 
     out = tmp_path / f"g{opset}.onnx"
     old = os.umask(0o027)
@@ -241,8 +244,8 @@ def test_export_writes_the_opset_asked_for_with_the_umask_mode(tmp_path, tiny_ru
     assert out.stat().st_mode & 0o777 == 0o640
     translated = tmp_path / "t"
     image = smooth_image(tmp_path / "in" / "a.png", (36, 28), seed=1)
-    assert run_cli("translate", "--checkpoint", str(out), "--backend", "onnxruntime", "--input", str(image),
-                   "--output", str(translated)).returncode == 0
+    assert translate.main(["--checkpoint", str(out), "--backend", "onnxruntime", "--input", str(image),
+                           "--output", str(translated)]) == 0
     assert Image.open(translated / "a.png").size == (36, 28)
     assert export.main(["--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(tmp_path / "x.onnx"),
                         "--opset", "99"]) == 2
