@@ -35,7 +35,7 @@ from reference_step import reference_optimizers, reference_step  # noqa: E402
 from train_step import machine, replace_section, step_memory, sync  # noqa: E402
 
 from cyclegan.memory import available_bytes, saved_activation_bytes  # noqa: E402
-from cyclegan.models import build_networks  # noqa: E402
+from cyclegan.registry import build_networks  # noqa: E402
 from cyclegan.options import TrainConfig  # noqa: E402
 from cyclegan.perf import prepare_networks, resolve_speed  # noqa: E402
 from cyclegan.step import build_optimizers, train_step  # noqa: E402

@@ -1,6 +1,7 @@
-"""CycleGAN against CUT and FastCUT (``--model``), ours all three: the speed and memory of a
-training step, and the quality each reaches in the same wall-clock time on a task with a known
-answer.
+"""CycleGAN against CUT, FastCUT and pix2pix (``--model``), ours all four: the speed and memory
+of a training step, and the quality each reaches in the same wall-clock time on a task with a
+known answer (``--task paired``: the demo's scenes kept in pairs, where pix2pix learns from the
+pairs and the others from the same images unpaired).
 
     python benchmarks/models.py                      # docs/benchmarks.md, section "models"
     python benchmarks/models.py --task photo --no_speed   # the quality part on photographs
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,15 +43,16 @@ from train_step import machine, replace_section, step_memory, time_alternately  
 from cyclegan.datasets import ImageDataset, build_transforms, write_demo_dataset  # noqa: E402
 from cyclegan.demo import demo_config  # noqa: E402
 from cyclegan.images import list_images, read_image  # noqa: E402
-from cyclegan.models import MODELS, build_networks  # noqa: E402
-from cyclegan.options import MODEL_PRESETS, TrainConfig  # noqa: E402
+from cyclegan.options import TrainConfig  # noqa: E402
+from cyclegan.paired import PairedDataset  # noqa: E402
+from cyclegan.registry import MODELS, build_networks, get_model  # noqa: E402
 from cyclegan.perf import prepare_networks, resolve_speed  # noqa: E402
 from cyclegan.step import build_optimizers, run_step  # noqa: E402
 from cyclegan.utils import ReplayBuffer, psnr, seed_everything  # noqa: E402
 
 
 def model_config(model: str, **values) -> TrainConfig:
-    return TrainConfig(model=model, **{**MODEL_PRESETS[model], **values})
+    return TrainConfig(model=model, **{**get_model(model).presets, **values})
 
 
 def make_step(model: str, size: int, device: torch.device):
@@ -87,7 +90,10 @@ def train_for(model: str, seed: int, seconds: float, data: Path, task: str) -> d
     nets = build_networks(config)
     opts = build_optimizers(nets, config)
     buffers = {k: ReplayBuffer(config.pool_size) if config.pool_size > 0 else None for k in ("A", "B")}
-    dataset = ImageDataset(data, build_transforms("reference", 32, 32), unaligned=True)
+    if get_model(model).paired:  # pix2pix: the pairs themselves
+        dataset: Any = PairedDataset(data, build_transforms("reference", 32, 32))
+    else:  # the same images, unpaired: the others cannot use pairs
+        dataset = ImageDataset(data, build_transforms("reference", 32, 32), unaligned=True)
     generator = torch.Generator().manual_seed(seed)
     steps, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -115,26 +121,34 @@ def train_for(model: str, seed: int, seconds: float, data: Path, task: str) -> d
     return result
 
 
+def task_models(task: str) -> list[str]:
+    """The models a task compares: on unpaired data those that train without pairs; on the paired
+    task all (pix2pix on the pairs, the others on the same images unpaired)."""
+    return [m for m in MODELS if task == "paired" or not get_model(m).paired]
+
+
 def quality(seeds: list[int], seconds: float, task: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        if task == "demo":
-            data = write_demo_dataset(Path(tmp) / "demo", size=32)
-        else:
+        if task == "photo":
             data = write_photo_task(Path(tmp) / "photo", size=32, n_train=200)
-        return [train_for(m, s, seconds, data, task) for s in seeds for m in MODELS]
+        else:
+            data = write_demo_dataset(Path(tmp) / "demo", size=32, paired=task == "paired")
+        return [train_for(m, s, seconds, data, task) for s in seeds for m in task_models(task)]
 
 
 TASKS = {
     "demo": "the demo's task (32x32, hidden colour negative, 3 residual blocks, `cyclegan demo --model M` settings)",
     "photo": "the photographic task of `benchmarks/quality.py` (a colour mapping that keeps the layout; 32x32, 3 "
              "residual blocks, the demo's settings with the default losses)",
+    "paired": "the demo's task with the training scenes kept in pairs (train/B/k is the translation of train/A/k): "
+              "pix2pix trains on the pairs, the others on the same images unpaired",
 }
 
 
 def write_report(path: Path, args: argparse.Namespace, rows: list[dict], results: list[dict],
                  device: torch.device) -> None:
     lines = [
-        "# CycleGAN, CUT and FastCUT (`--model`)" if rows else f"## CycleGAN, CUT and FastCUT on the {args.task} task",
+        "# CycleGAN, CUT, FastCUT and pix2pix (`--model`)" if rows else f"## The models on the {args.task} task",
         "",
         f"Made by `python benchmarks/models.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on "
         f"{time.strftime('%Y-%m-%d')}; machine: {machine(device)}.",
@@ -150,7 +164,8 @@ def write_report(path: Path, args: argparse.Namespace, rows: list[dict], results
 def speed_lines(args: argparse.Namespace, rows: list[dict]) -> list[str]:
     lines = [
         f"A training step at {args.size}x{args.size}, batch 1, each model with its defaults (9 residual blocks, "
-        f"64 filters; float32 on the CPU), the three built in one process and timed alternately (median of "
+        f"64 filters; pix2pix: the U-Net 256 with batch norm; float32 on the CPU), all built in one process and "
+        f"timed alternately (median of "
         f"{args.steps} steps after {args.warmup}). Memory: the tensor peak of a step beyond what was live before it.",
         "",
         "| model | img/s | img/s vs CycleGAN | step memory (MiB) | memory vs CycleGAN |",
@@ -172,7 +187,7 @@ def quality_lines(args: argparse.Namespace, results: list[dict]) -> list[str]:
         "| model | steps in that time (mean) | PSNR mean | spread (std) | per seed |",
         "|---|---:|---:|---:|---|",
     ]
-    for m in MODELS:
+    for m in task_models(args.task):
         mine = [r for r in results if r["model"] == m]
         values = [r["psnr"] for r in mine]
         spread = statistics.stdev(values) if len(values) > 1 else 0.0

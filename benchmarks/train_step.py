@@ -53,7 +53,7 @@ from reference_step import reference_optimizers, reference_step  # noqa: E402
 
 from cyclegan import datasets  # noqa: E402
 from cyclegan.perf import matmul_peak_gflops, prepare_networks, resolve_speed, step_flops  # noqa: E402
-from cyclegan.models import build_networks  # noqa: E402
+from cyclegan.registry import build_networks  # noqa: E402
 from cyclegan.options import TrainConfig  # noqa: E402
 from cyclegan.step import build_optimizers, train_step  # noqa: E402
 from cyclegan.utils import ReplayBuffer  # noqa: E402

@@ -20,6 +20,10 @@ LAYERS: list[tuple[str, ...]] = [
     ("runtime", "runlock", "utils", "zoo"),
     ("images", "fetch"),
     ("datasets", "models", "losses", "distributed"),
+    ("paired",),  # pix2pix pairs: built on datasets (its layouts, transforms, sample seeds)
+    ("modelkit",),  # the Model interface and the step pieces the models share
+    ("cyclegan_model", "cut_model", "pix2pix_model"),  # one module per model family
+    ("registry",),  # --model name -> model object: the only place a model's name is compared
     ("__init__",),
     ("options",),
     ("step", "checkpoint", "logger"),
@@ -165,3 +169,46 @@ def test_docstrings_quote_no_benchmark_figures():
              if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))
              and ast.get_docstring(node) and figure.search(ast.get_docstring(node))]
     assert not found, "\n".join(found)
+
+
+def model_name_comparisons(tree: ast.AST, names: set[str]) -> list[int]:
+    """Lines that compare (``==``, ``!=``, ``in``, ``not in``) a model's name: ``config.model`` or
+    a ``model`` variable with anything, or a ``--model`` name (alone or in a tuple, list or set)
+    with an expression that reads a model (``saved.get("model", ...)``). Other uses of the same
+    words (the zoo's "cyclegan" and "pix2pix" families of downloads) are not model names."""
+    def is_name(node: ast.AST) -> bool:
+        if isinstance(node, ast.Constant):
+            return node.value in names
+        return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(is_name(e) for e in node.elts)
+
+    def reads_model(node: ast.AST) -> bool:
+        return any((isinstance(n, ast.Attribute) and n.attr == "model") or (isinstance(n, ast.Name) and n.id == "model")
+                   or (isinstance(n, ast.Constant) and n.value == "model") for n in ast.walk(node))
+
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Compare) and all(isinstance(op, (ast.Eq, ast.NotEq, ast.In, ast.NotIn))
+                                                      for op in node.ops)):
+            continue
+        operands = (node.left, *node.comparators)
+        direct = any(isinstance(x, ast.Attribute) and x.attr == "model" or isinstance(x, ast.Name) and x.id == "model"
+                     for x in operands)
+        if direct or (any(is_name(x) for x in operands) and any(reads_model(x) for x in operands)):
+            found.append(node.lineno)
+    return found
+
+
+def test_a_model_name_is_compared_only_in_the_registry():
+    """What a model does is asked of its object (registry.get_model): no module branches on
+    ``config.model == "cyclegan"``, which would send every other model down one path."""
+    from cyclegan.registry import MODELS
+
+    found = [f"{name}.py:{line}" for name, tree in modules().items() if name != "registry"
+             for line in model_name_comparisons(tree, set(MODELS))]
+    assert not found, "compare model names in registry.py only (ask the model object instead): " + ", ".join(found)
+
+
+def test_the_model_name_rule_sees_comparisons():
+    tree = ast.parse('if config.model == "x": pass\nif s.get("model") in ("a", "cut"): pass\n'
+                     'if y == "other": pass\nif family == "cut": pass\nif model != m: pass\n')
+    assert model_name_comparisons(tree, {"cut"}) == [1, 2, 5]

@@ -14,8 +14,9 @@ from conftest import SMALL_RUN, run_cli
 from cyclegan.checkpoint import load_checkpoint
 from cyclegan.inference import load_generator
 from cyclegan.losses import patch_nce_loss
-from cyclegan.models import PatchSampleMLP, build_networks, encode_features, encoder, feature_channels
+from cyclegan.models import PatchSampleMLP, encode_features, encoder, feature_channels
 from cyclegan.options import parse_config, validate
+from cyclegan.registry import build_networks
 from cyclegan.serve import Translator
 from cyclegan.step import NCESettings, build_optimizers, cut_train_step, nce_loss
 
@@ -182,7 +183,7 @@ def test_cut_end_to_end_train_translate_export_sample_and_the_missing_direction(
     assert len(list(out.glob("*.png"))) == 2
     refused = run_cli("translate", "--checkpoint", str(run), "--direction", "BtoA", "--input",
                       str(image_folders / "test" / "A"), "--output", str(tmp_path / "none"))
-    assert refused.returncode != 0 and "--model cut run, which trains only G_AB" in refused.stderr
+    assert refused.returncode != 0 and "--model cut run, which translates AtoB only" in refused.stderr
     assert not (tmp_path / "none").exists()
     exported = run_cli("export", "--checkpoint", str(run), "--format", "torchscript", "--output",
                        str(tmp_path / "g.pt"))

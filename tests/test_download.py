@@ -13,6 +13,7 @@ import socket
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import zipfile
@@ -25,7 +26,7 @@ from conftest import SMALL_RUN, run_cli
 from PIL import Image
 from safetensors.torch import load_file
 
-from cyclegan.fetch import DownloadError, ExtractLimits, download, extract_zip
+from cyclegan.fetch import DownloadError, ExtractLimits, download, extract_tar, extract_zip
 from cyclegan.models import ResnetGenerator
 
 
@@ -415,3 +416,102 @@ def test_ctrl_c_keeps_the_partial_download_for_the_next_call(tmp_path, server):
     assert "interrupted" in stderr and "run the same command again" in stderr and "Traceback" not in stderr
     assert 0 < part.stat().st_size < len(data)
     assert not (tmp_path / "pretrained" / "zebra2horse.pth").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# .tar.gz archives (the official pix2pix datasets)
+
+
+def tar_with(members: dict[str, bytes], special: dict[str, tuple[bytes, str]] | None = None) -> bytes:
+    """A .tar.gz of files, and of ``special`` members: name -> (tar type, link target)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for name, (kind, target) in (special or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = kind, target
+            tf.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("members, special, why", [
+    ({"facades/train/1.jpg": b"x", "../../evil.txt": b"pwned"}, None, "outside the target"),
+    ({"facades/train/1.jpg": b"x", "/tmp/evil.txt": b"pwned"}, None, "outside the target"),
+    ({"facades/train/1.jpg": b"x"}, {"facades/val": (tarfile.SYMTYPE, "../../../etc")}, "points outside"),
+    ({"facades/train/1.jpg": b"x"}, {"facades/val/p": (tarfile.LNKTYPE, "../etc/passwd")}, "points outside"),
+    ({"facades/train/1.jpg": b"x"}, {"facades/train/tty": (tarfile.CHRTYPE, "")}, "a device or a fifo"),
+    ({"facades/train/zeros.jpg": bytes(40 * 2**20)}, None, "tar bomb"),
+    ({f"facades/train/{i}.jpg": bytes(60 * 2**10) for i in range(600)}, None, "tar bomb"),
+], ids=["dotdot", "absolute", "symlink-out", "hardlink-out", "device", "bomb", "many-members-bomb"])
+def test_unsafe_tar_archives_are_refused_and_nothing_is_left(tmp_path, server, monkeypatch, caplog, members,
+                                                             special, why):
+    from cyclegan import download as command
+
+    monkeypatch.chdir(tmp_path)
+    server.files["/datasets/facades.tar.gz"] = tar_with(members, special)
+    assert command.main(["dataset", "pix2pix/facades", "--base_url", server.url]) == 1
+    assert why in caplog.text and "the archive was deleted" in caplog.text
+    assert leftovers(tmp_path / "data") == []  # no dataset folder, no archive, no temporary folder
+    assert not (tmp_path.parent / "evil.txt").exists() and not Path("/tmp/evil.txt").exists()
+
+
+def test_tar_limits_layout_and_a_link_inside(tmp_path):
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_with({f"d/train/{i}.jpg": os.urandom(1000) for i in range(5)},
+                                 {"d/train/same.jpg": (tarfile.SYMTYPE, "0.jpg")}))
+    with pytest.raises(DownloadError, match="more than the 4 files"):
+        extract_tar(archive, tmp_path / "d", ExtractLimits(max_files=4))
+    with pytest.raises(DownloadError, match="GiB allowed"):
+        extract_tar(archive, tmp_path / "d", ExtractLimits(max_bytes=4000))
+    assert leftovers(tmp_path) == ["a.tar.gz"]
+    extract_tar(archive, tmp_path / "d", strip_top="d")  # the link inside is skipped, never followed
+    assert leftovers(tmp_path / "d" / "train") == [f"{i}.jpg" for i in range(5)]
+    for members in ({"d/train": b"a file", "d/train/a.jpg": b"x"}, {"d/a.jpg": b"x", "d/a.jpg/b.jpg": b"y"}):
+        archive.write_bytes(tar_with(members))
+        with pytest.raises(DownloadError, match="both a file and a folder"):
+            extract_tar(archive, tmp_path / "e")
+    pax = io.BytesIO()  # a header tarfile would read whole into memory
+    with tarfile.open(fileobj=pax, mode="w:gz", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("d/a.jpg")
+        info.size, info.pax_headers = 1, {"comment": "x" * 5 * 2**20}
+        tf.addfile(info, io.BytesIO(b"x"))
+    archive.write_bytes(pax.getvalue())
+    with pytest.raises(DownloadError, match="more than the 4194304"):
+        extract_tar(archive, tmp_path / "e")
+    assert leftovers(tmp_path) == ["a.tar.gz", "d"]
+
+
+@pytest.mark.parametrize("damage", ["flipped", "cut", "crc", "not-gzip"])
+def test_a_damaged_tar_archive_is_refused(tmp_path, damage):
+    good = tar_with({"d/train/a.jpg": os.urandom(5000), "d/train/b.jpg": os.urandom(5000)})
+    middle = len(good) // 2
+    bad = {"flipped": good[:middle] + bytes([good[middle] ^ 0xFF]) + good[middle + 1:],
+           "cut": good[:middle],
+           "crc": good[:-8] + bytes([good[-8] ^ 0xFF]) + good[-7:],  # the gzip trailer's CRC-32
+           "not-gzip": b"<html>moved</html>"}[damage]
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(bad)
+    with pytest.raises(DownloadError, match="damaged"):
+        extract_tar(archive, tmp_path / "d")
+    assert leftovers(tmp_path) == ["a.tar.gz"]
+
+
+def test_a_disk_error_while_extracting_a_tar_keeps_the_archive(tmp_path, monkeypatch):
+    import errno
+
+    from cyclegan import fetch
+    from cyclegan.errors import CycleGANError
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", "d/train/a.jpg")
+
+    monkeypatch.setattr(fetch, "_write_tar_member", full)
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_with({"d/train/a.jpg": b"x"}))
+    with pytest.raises(CycleGANError, match="No space left on device.*the archive is kept") as caught:
+        extract_tar(archive, tmp_path / "d")
+    assert not isinstance(caught.value, DownloadError)  # not the archive's fault: download keeps it
+    assert leftovers(tmp_path) == ["a.tar.gz"]

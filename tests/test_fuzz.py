@@ -28,7 +28,7 @@ from PIL import Image
 from cyclegan import evaluate, export, report, translate
 from cyclegan import train as train_module
 from cyclegan.checkpoint import checkpoint_path, save_networks
-from cyclegan.models import build_networks
+from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,

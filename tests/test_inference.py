@@ -17,7 +17,7 @@ from torch import nn
 
 from cyclegan.checkpoint import checkpoint_path, save_networks
 from cyclegan.inference import Generator, load_generator, translate_image
-from cyclegan.models import build_networks
+from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 
 
@@ -414,4 +414,4 @@ def test_evaluate_a_cut_run_without_a_cycle(tmp_path):
     assert {"fid", "kid", "psnr", "ssim"} <= set(metrics) and "cycle_l1" not in metrics
     refused = run_cli("evaluate", "--checkpoint", str(run), "--direction", "BtoA", "--input", str(tmp_path / "testB"),
                       "--real", str(tmp_path / "testA"), "--inception", str(inception))
-    assert refused.returncode != 0 and "trains only G_AB" in refused.stderr
+    assert refused.returncode != 0 and "translates AtoB only" in refused.stderr

@@ -13,7 +13,7 @@ from conftest import SMALL_RUN, write_images
 from cyclegan import memory
 from cyclegan import train as train_module
 from cyclegan.memory import CheckpointedSequential, checkpoint_activations, saved_activation_bytes
-from cyclegan.models import build_networks
+from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 from cyclegan.perf import prepare_networks, resolve_speed
 from cyclegan.step import build_optimizers, train_step

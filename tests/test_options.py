@@ -27,8 +27,8 @@ from cyclegan.models import (
     define_D,
     define_G,
 )
-from cyclegan.models import build_networks
 from cyclegan.options import TrainConfig, parse_config, validate
+from cyclegan.registry import build_networks
 from cyclegan.step import build_optimizers, build_schedulers, step_schedulers, train_step
 from cyclegan.utils import ReplayBuffer
 

@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from train_step import cpu_step_memory  # noqa: E402
 
 from cyclegan import models  # noqa: E402
-from cyclegan.models import NETWORK_NAMES, build_networks  # noqa: E402
+from cyclegan.models import NETWORK_NAMES  # noqa: E402
+from cyclegan.registry import build_networks  # noqa: E402
 from cyclegan.options import TrainConfig  # noqa: E402
 from cyclegan.perf import UpsampleConv2d, exact_fast_layers, subpixel_upsample_convs  # noqa: E402
 from cyclegan.step import build_optimizers, train_step  # noqa: E402

@@ -53,8 +53,9 @@ CUT = ("--nce_layers", "0,4,7,10", "--num_patches", "16")
 
 @pytest.mark.parametrize("extra", [(), ("--gan_mode", "wgangp", "--pool_size", "0", "--use_dropout"),
                                    ("--amp", "fp16", "--channels_last", "on", "--ngf", "8", "--ndf", "8"),
-                                   ("--model", "cut", *CUT), ("--model", "fastcut", *CUT)],
-                         ids=["reference", "wgangp-dropout", "fp16-channels_last", "cut", "fastcut"])
+                                   ("--model", "cut", *CUT), ("--model", "fastcut", *CUT),
+                                   ("--model", "pix2pix", "--netG", "resnet")],
+                         ids=["reference", "wgangp-dropout", "fp16-channels_last", "cut", "fastcut", "pix2pix"])
 def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_path, extra):
     # 4 batches an epoch, 12 steps; the learning rate halves at epoch 3, after the resume point.
     # The second case draws random numbers in the step itself (dropout, the penalty's mixing), and
@@ -86,9 +87,11 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
     assert (state_a["scaler"] is not None) == ("fp16" in extra)
     # The schedule crossed the resume point: full rate at step 6, half in epoch 3, zero after it.
     assert state_a["optimizers"]["G"]["param_groups"][0]["lr"] == 0.0
-    if "--model" in extra:
+    if "cut" in extra or "fastcut" in extra:
         assert {k.split(".")[0] for k in nets_a} == {"G_AB", "D_B", "F"} and set(state_a["optimizers"]) == {
             "G", "D_B", "F"}
+    if "pix2pix" in extra:  # batch norm's running statistics are in the networks' state too
+        assert {k.split(".")[0] for k in nets_a} == {"G_AB", "D_B"} and any("running_mean" in k for k in nets_a)
 
 
 def test_keep_checkpoints_and_save_every_steps(image_folders, tmp_path):

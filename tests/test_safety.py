@@ -24,7 +24,7 @@ from cyclegan import translate as translate_module
 from cyclegan.checkpoint import checkpoint_path, save_networks
 from cyclegan.inference import load_generator, translate_image
 from cyclegan.logger import RunLogger, cut_metrics, read_metrics
-from cyclegan.models import build_networks
+from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 from cyclegan.runlock import LOCK_NAME, hold_run_folder
 

@@ -12,7 +12,8 @@ import torch
 from reference_step import reference_optimizers, reference_step
 from torch import nn
 
-from cyclegan.models import NETWORK_NAMES, build_networks
+from cyclegan.models import NETWORK_NAMES
+from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 from cyclegan.perf import UpsampleConv2d, exact_fast_layers, prepare_networks, resolve_speed, step_flops
 from cyclegan.step import batches_generator_calls, build_optimizers, train_step

@@ -15,7 +15,8 @@ from conftest import SMALL_RUN, run_cli, write_images
 from PIL import Image
 
 from cyclegan.checkpoint import load_checkpoint
-from cyclegan.models import NETWORK_NAMES, build_networks
+from cyclegan.models import NETWORK_NAMES
+from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig, parse_config
 from cyclegan.step import build_optimizers, train_step
 from cyclegan.utils import ReplayBuffer

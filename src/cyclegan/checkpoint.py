@@ -31,11 +31,10 @@ from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import NETWORK_NAMES, network_names
+from cyclegan.registry import model_of_saved
 from cyclegan.utils import ReplayBuffer, atomic_write, current_umask, fsync_dir, replace_dir
 
 __all__ = [
-    "NETWORK_NAMES",
     "checkpoint_path",
     "save_networks",
     "load_checkpoint",
@@ -246,12 +245,10 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[st
     for key, value in tensors.items():
         name, _, rest = key.partition(".")
         states.setdefault(name, {})[rest] = value
-    saved = state.get("config")
-    model = saved.get("model", "cyclegan") if isinstance(saved, dict) else "cyclegan"
     try:
-        names = network_names(model)
-    except ValueError:
-        raise CycleGANError(f"checkpoint {path} is of an unknown --model {model!r}") from None
+        names = model_of_saved(state.get("config")).network_names
+    except CycleGANError as exc:
+        raise CycleGANError(f"checkpoint {path} is of an unknown model ({exc})") from None
     missing = [n for n in names if n not in states]
     if missing:
         raise CycleGANError(f"checkpoint {path} lacks the networks {', '.join(missing)}")

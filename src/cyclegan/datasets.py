@@ -299,7 +299,6 @@ class ImageDataset(Dataset):
         self.transform_A, self.transform_B = (
             self._compose(transforms_, c) for c in (channels, channels_B)
         )
-        self.transform = self.transform_A
         self.unaligned = unaligned
         self.mode = mode
         self.channels, self.channels_B = channels, channels_B
@@ -467,11 +466,13 @@ class DemoScenes:
 
 
 def write_demo_dataset(
-    root: str | os.PathLike[str], n_train: int = 200, n_test: int = 16, size: int = 32, seed: int = 0
+    root: str | os.PathLike[str], n_train: int = 200, n_test: int = 16, size: int = 32, seed: int = 0,
+    paired: bool = False,
 ) -> Path:
     """Write the demo data in the reference layout under ``root`` and return ``root``.
 
-    ``train/A`` and ``train/B`` hold ``n_train`` unrelated scenes each; ``test/A`` and ``test/B``
+    ``train/A`` and ``train/B`` hold ``n_train`` unrelated scenes each (with ``paired``, for
+    pix2pix: ``train/B/k.png`` is the translation of ``train/A/k.png``); ``test/A`` and ``test/B``
     hold ``n_test`` pairs (``test/B/k.png`` is the true translation of ``test/A/k.png``). The same
     seed writes the same files.
     """
@@ -483,7 +484,7 @@ def write_demo_dataset(
             (root / split / domain).mkdir(parents=True, exist_ok=True)
         for k in range(count):
             a = scenes.scene(rng)
-            if split == "train":
+            if split == "train" and not paired:
                 b = scenes.mapping(scenes.scene(rng))  # an unrelated scene: the data are unpaired
             else:
                 b = scenes.mapping(a)

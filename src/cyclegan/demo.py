@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -28,8 +29,8 @@ from cyclegan.datasets import DEMO_DATASET, find_domain_dirs
 from cyclegan.errors import CycleGANError
 from cyclegan.images import list_images, read_image
 from cyclegan.inference import load_generator
-from cyclegan.models import MODELS
-from cyclegan.options import MODEL_PRESETS, TrainConfig
+from cyclegan.options import TrainConfig
+from cyclegan.registry import MODELS, get_model
 from cyclegan.runlock import LOCK_NAME, hold_run_folder
 from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.train import train
@@ -52,8 +53,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="epochs of 200 batches each; the learning rate decays linearly over the second half")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
-    p.add_argument("--model", choices=MODELS, default="cyclegan",
-                   help="what to train: CycleGAN, or CUT / FastCUT with their official settings")
+    p.add_argument("--model", choices=MODELS, default="cyclegan", help=(
+        "what to train: CycleGAN, CUT / FastCUT with their official settings, or pix2pix on the same scenes "
+        "kept in pairs (default: cyclegan)"))
     add_debug_flag(p)
     return p
 
@@ -63,28 +65,17 @@ def demo_config(output: str, n_epochs: int = 3, device: str = "auto", seed: int 
     """The demo's settings: the reference's, at 32x32, with 3 residual blocks and no identity loss.
 
     The identity loss asks G_AB to leave B images unchanged, which the paper uses to keep a
-    painting's colours; the demo's mapping changes every colour by design, so it is off. CUT and
-    FastCUT take their official settings (``options.MODEL_PRESETS``), PatchNCE reading the image,
-    both downsamplings and the first and last of the 3 residual blocks.
+    painting's colours; the demo's mapping changes every colour by design, so it is off. The other
+    models take their papers' settings (``Model.presets``): CUT and FastCUT with PatchNCE reading
+    the image, both downsamplings and the first and last of the 3 residual blocks; pix2pix with a
+    ResNet generator of 3 blocks (its U-Net needs sides of 128 or 256) on the scenes kept in pairs.
     """
-    presets = dict(MODEL_PRESETS[model], nce_layers="0,4,7,10,12") if model != "cyclegan" else {}
-    return TrainConfig(
-        model=model,
-        **presets,
-        dataset_name=DEMO_DATASET,
-        n_epochs=n_epochs,
-        decay_epoch=n_epochs // 2,
-        img_height=32,
-        img_width=32,
-        n_residual_blocks=3,
-        lambda_id=0.0,
-        n_cpu=0,
-        sample_interval=100,
-        output=output,
-        device=device,
-        seed=seed,
-        overwrite=True,
+    settings: dict[str, Any] = dict(
+        model=model, dataset_name=DEMO_DATASET, n_epochs=n_epochs, decay_epoch=n_epochs // 2, img_height=32,
+        img_width=32, n_residual_blocks=3, lambda_id=0.0, n_cpu=0, sample_interval=100, output=output,
+        device=device, seed=seed, overwrite=True,
     )
+    return TrainConfig(**{**settings, **get_model(model).presets, **get_model(model).demo_presets})
 
 
 def is_previous_demo(run_dir: Path) -> bool:

@@ -1,22 +1,27 @@
-"""``cyclegan download``: the official datasets, the official pretrained generators and the FID
-Inception network, fetched safely in one command.
+"""``cyclegan download``: the official CycleGAN and pix2pix datasets, the official pretrained
+generators and the FID Inception network, fetched safely in one command.
 
     cyclegan download dataset horse2zebra [--root data]      -> data/horse2zebra/{trainA,trainB,testA,testB}
+    cyclegan download dataset pix2pix/facades                -> data/facades/{train,val,test} (aligned A|B pairs)
     cyclegan download dataset --list
     cyclegan download model horse2zebra [--root pretrained]  -> pretrained/horse2zebra.pth
+    cyclegan download model pix2pix/facades_label2photo      -> pretrained/pix2pix/facades_label2photo.pth
     cyclegan download inception                              -> ~/.cache/cyclegan/inception-2015-12-05.pt
 
 Then ``cyclegan train --dataset_name horse2zebra`` reads the dataset, ``cyclegan translate
---checkpoint horse2zebra`` the generator, ``cyclegan evaluate`` the Inception network.
+--checkpoint horse2zebra`` (or ``pix2pix/facades_label2photo``) the generator, ``cyclegan
+evaluate`` the Inception network. A name is ``FAMILY/NAME``; a bare name is the CycleGAN entry
+where there is one, else the pix2pix one (``zoo``).
 
 Every download resumes where an interrupted one stopped, is cut off past a byte cap (the
 published size and half again, or ``--max_size``) and is renamed into place only when whole
 (``fetch.download``); a dataset's archive has a hidden name of its own, so nothing of the user's
 beside it is touched; a dataset is extracted safely into a temporary folder and renamed
-into place (``fetch.extract_zip``); a generator must load as a state dict of tensors
-(``weights_only``) before it is kept; the Inception network must match its published SHA-256.
-The official server publishes no checksums for the datasets and generators: for them the size
-the server announces, the archive's own CRCs and the loading test stand in.
+into place (``fetch.extract_zip``, ``fetch.extract_tar`` for the pix2pix ``.tar.gz``); a generator
+must load as a state dict of tensors (``weights_only``) before it is kept; the Inception network
+must match its published SHA-256. The official servers publish no checksums for the datasets and
+generators: for them the size the server announces, the archive's own CRCs and the loading test
+stand in.
 """
 
 from __future__ import annotations
@@ -27,47 +32,50 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cyclegan import zoo
 from cyclegan.checkpoint import load_state_dict_file
 from cyclegan.datasets import has_split
 from cyclegan.errors import CycleGANError
-from cyclegan.fetch import DownloadError, download, extract_zip
+from cyclegan.fetch import DownloadError, download, extract_tar, extract_zip
+from cyclegan.images import IMG_EXTENSIONS
 from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.utils import replace_dir
 
-__all__ = ["main", "get_args_parser", "download_dataset", "download_model", "download_inception"]
+__all__ = ["main", "get_args_parser", "download_dataset", "download_model", "download_inception", "has_aligned_split"]
 
 log = logging.getLogger("cyclegan.download")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cyclegan download", description=(
-        "Download an official CycleGAN dataset, an official pretrained generator, or the FID Inception network: "
-        "resumable, checked, extracted safely."))
+        "Download an official CycleGAN or pix2pix dataset, an official pretrained generator, or the FID Inception "
+        "network: resumable, checked, extracted safely."))
     sub = p.add_subparsers(dest="what", required=True, metavar="{dataset,model,inception}")
     data = sub.add_parser("dataset", help="an official dataset, into ROOT/NAME", description=(
-        "Download and extract an official CycleGAN dataset into ROOT/NAME (trainA, trainB, testA, testB), where "
-        "'cyclegan train --dataset_name NAME' reads it."))
-    data.add_argument("name", nargs="?", help="the dataset (see --list)")
+        "Download and extract an official dataset into ROOT/NAME: a CycleGAN one (trainA, trainB, testA, testB), "
+        "where 'cyclegan train --dataset_name NAME' reads it, or a pix2pix one (pix2pix/NAME: train, val, test "
+        "of aligned pairs, A and B side by side in each image)."))
+    data.add_argument("name", nargs="?", help="the dataset, NAME or FAMILY/NAME (see --list)")
     data.add_argument("--list", action="store_true", help="list the official datasets and their sizes")
     data.add_argument("--root", default="data", help="where datasets go (default: data)")
-    data.add_argument("--keep_archive", action="store_true", help="keep the .zip after extracting it")
+    data.add_argument("--keep_archive", action="store_true", help="keep the .zip or .tar.gz after extracting it")
     data.add_argument("--force", action="store_true", help="download and extract again over a complete ROOT/NAME")
     model = sub.add_parser("model", help="an official pretrained generator, into ROOT/NAME.pth", description=(
-        "Download an official pretrained generator to ROOT/NAME.pth, where 'cyclegan translate --checkpoint NAME' "
-        "finds it."))
-    model.add_argument("name", nargs="?", help="the model (see --list)")
+        "Download an official pretrained generator to ROOT/NAME.pth (a pix2pix one to ROOT/pix2pix/NAME.pth), "
+        "where 'cyclegan translate --checkpoint NAME' finds it."))
+    model.add_argument("name", nargs="?", help="the model, NAME or FAMILY/NAME (see --list)")
     model.add_argument("--list", action="store_true", help="list the official pretrained generators")
     model.add_argument("--root", default=None, help="where generators go (default: $CYCLEGAN_PRETRAINED or "
                                                     "pretrained)")
     model.add_argument("--force", action="store_true", help="download again over an existing file")
     for parser in (data, model):
         parser.add_argument("--base_url", default=None, help=(
-            f"a mirror of the official server (default: $CYCLEGAN_BASE_URL or {zoo.BASE_URL}); files are "
-            "BASE/datasets/NAME.zip and BASE/pretrained_models/NAME.pth"))
+            f"a mirror of the official server (default: $CYCLEGAN_BASE_URL or {zoo.BASE_URL} for CycleGAN, "
+            f"$CYCLEGAN_PIX2PIX_BASE_URL or {zoo.PIX2PIX_BASE_URL} for pix2pix); files are BASE/datasets/NAME.zip "
+            "and BASE/pretrained_models/NAME.pth, or BASE/datasets/NAME.tar.gz and BASE/models-pytorch/NAME.pth"))
     incep = sub.add_parser("inception", help="the FID Inception network, for cyclegan evaluate", description=(
         "Download the FID Inception network (TorchScript) that 'cyclegan evaluate' uses, checked against its "
         "published SHA-256."))
@@ -93,69 +101,128 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def listing(entries: dict[str, str | None], header: str) -> str:
-    width = max(len(name) for name in entries)
-    return header + "\n" + "\n".join(f"  {name:<{width}}  {info or ''}".rstrip() for name, info in entries.items())
+def listing(entries: list[zoo.Entry], what: str) -> str:
+    """The ``--list`` text: each family's entries under a header saying what they are."""
+    bare = "a bare NAME works where no CycleGAN one has it"
+    headers = {
+        ("dataset", "cyclegan"): "CycleGAN datasets (unpaired: trainA, trainB, testA, testB; archive size):",
+        ("dataset", "pix2pix"): f"pix2pix datasets (aligned A|B pairs: train, val[, test]; size unpublished; {bare}):",
+        ("model", "cyclegan"): "CycleGAN generators (ResnetGenerator, 9 blocks):",
+        ("model", "pix2pix"): f"pix2pix generators (UnetGenerator unet_256, batch norm; {bare}):",
+    }
+    width = max(len(e.qualified) for e in entries)
+    lines: list[str] = []
+    for family in zoo.FAMILIES:
+        lines.append(headers[what, family])
+        for e in (e for e in entries if e.family == family):
+            withheld = what == "dataset" and family == "pix2pix" and e.name in zoo.PIX2PIX_WITHHELD
+            info = "not distributed (licence): cyclegan download dataset says where to get it" if withheld else e.info
+            label = e.name if family == "cyclegan" else e.qualified
+            lines.append(f"  {label:<{width}}  {info or ''}".rstrip())
+    return "\n".join(lines)
 
 
-def require_name(name: str | None, known: dict, what: str) -> str:
+def require_entry(name: str | None, what: str) -> zoo.Entry:
+    """The official dataset or model ``name`` names (``NAME`` or ``FAMILY/NAME``)."""
     if name is None:
         raise CycleGANError(f"cyclegan download {what}: give a name, or --list to see them")
-    if name not in known:
+    entry = zoo.find_dataset(name) if what == "dataset" else zoo.find_model(name)
+    if entry is None:
+        known = zoo.dataset_entries() if what == "dataset" else zoo.model_entries()
         raise CycleGANError(f"cyclegan download {what} {name}: not an official {what}; the {what}s are: "
-                            + ", ".join(known))
-    return name
+                            + ", ".join(e.name if e.family == "cyclegan" else e.qualified for e in known))
+    if "/" not in name and entry.family == "cyclegan" and (
+            zoo.find_dataset(f"pix2pix/{name}") if what == "dataset" else zoo.find_model(f"pix2pix/{name}")):
+        log.info("%s is the CycleGAN %s; the pix2pix one is pix2pix/%s", name, what, name)
+    return entry
+
+
+def has_aligned_split(root: Path, mode: str = "train") -> bool:
+    """Whether ``root/mode`` holds images (the pix2pix layout: one folder of A|B pairs per split)."""
+    folder = root / mode
+    return folder.is_dir() and any(p.suffix.lower() in IMG_EXTENSIONS for p in folder.iterdir())
+
+
+def _layout(entry: zoo.Entry) -> tuple[Callable[[Path], bool], str]:
+    """How to tell that a folder holds ``entry``'s dataset, and how to say what it lacks."""
+    if entry.family == "pix2pix":
+        return has_aligned_split, "train/ folder of images (the pix2pix layout)"
+    return (lambda folder: has_split(folder, "train")), "train split (trainA and trainB)"
+
+
+def _extract_dataset(entry: zoo.Entry, archive: Path, staged: Path) -> None:
+    """``archive`` extracted to ``staged`` and checked to hold the dataset; a refused archive
+    is deleted."""
+    ready, holds = _layout(entry)
+    try:
+        (extract_tar if entry.family == "pix2pix" else extract_zip)(archive, staged, strip_top=entry.name)
+        if not ready(staged):
+            raise DownloadError(f"{archive}: the archive holds no {holds}")
+    except DownloadError as exc:  # an archive that is refused is not kept either
+        archive.unlink(missing_ok=True)
+        raise DownloadError(f"{exc}; the archive was deleted") from exc
 
 
 def download_dataset(name: str, root: Path, base: str | None = None, keep_archive: bool = False,
                      force: bool = False, max_bytes: int | None = None) -> Path:
-    """``root/name``, complete: downloaded (to a hidden name of its own: nothing of the user's in
-    ``root`` is touched but ``root/name`` with ``force``), extracted safely, renamed into place."""
-    target = root / name
+    """``root/NAME``, complete: downloaded (to a hidden name of its own: nothing of the user's in
+    ``root`` is touched but ``root/NAME`` with ``force``), extracted safely, renamed into place.
+    ``name`` is ``NAME`` or ``FAMILY/NAME`` (``pix2pix/facades``)."""
+    entry = require_entry(name, "dataset")
+    if entry.family == "pix2pix" and entry.name in zoo.PIX2PIX_WITHHELD:
+        raise CycleGANError(f"cyclegan download dataset {name}: {zoo.PIX2PIX_WITHHELD[entry.name]}")
+    name, target = entry.name, root / entry.name
+    ready, holds = _layout(entry)
     if target.exists() and not force:
-        if has_split(target, "train"):
+        if ready(target):
             log.info("%s is already there (pass --force to download it again)", target)
             return target
-        raise CycleGANError(f"{target} exists but holds no train split: move it away or pass --force")
+        other = next((e for e in zoo.dataset_entries() if e.name == name and e != entry), None)
+        guess = f" (the {other.family} {name}?)" if other else ""
+        raise CycleGANError(f"{target} exists but holds no {holds}{guess}: move it away, give another --root, or "
+                            "pass --force")
     if target.exists() and not target.is_dir():
         raise CycleGANError(f"{target} is a file: move it away to download the dataset there")
-    archive = root / f".cyclegan-{name}.zip"  # the download's own name: a user's NAME.zip is never touched
-    url = zoo.dataset_url(name, base)
-    log.info("downloading %s (%s) from %s", name, zoo.DATASETS.get(name) or "size unknown", url)
-    download(url, archive, max_bytes=max_bytes or zoo.dataset_max_bytes(name))
+    suffix = ".tar.gz" if entry.family == "pix2pix" else ".zip"
+    prefix = ".cyclegan-pix2pix-" if entry.family == "pix2pix" else ".cyclegan-"
+    archive = root / f"{prefix}{name}{suffix}"  # the download's own name: a user's NAME.zip is never touched
+    url = zoo.dataset_url(name, base, entry.family)
+    log.info("downloading %s (%s) from %s", entry.qualified, entry.info or "size unknown", url)
+    download(url, archive, max_bytes=max_bytes or zoo.dataset_max_bytes(name, entry.family))
     work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".new", dir=root))
     try:
         staged = work / name
-        try:
-            extract_zip(archive, staged, strip_top=name)
-            if not has_split(staged, "train"):
-                raise DownloadError(f"{archive}: the archive holds no train split (trainA and trainB)")
-        except DownloadError as exc:  # an archive that is refused is not kept either
-            archive.unlink(missing_ok=True)
-            raise DownloadError(f"{exc}; the archive was deleted") from exc
+        _extract_dataset(entry, archive, staged)
         replace_dir(staged, target)  # --force: the old folder goes only once the new one is whole
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    kept = root / f"{name}{suffix}"
     if not keep_archive:
         archive.unlink()
-    elif (root / f"{name}.zip").exists():
-        log.info("kept the archive as %s (%s is there already)", archive, root / f"{name}.zip")
+    elif kept.exists():
+        log.info("kept the archive as %s (%s is there already)", archive, kept)
     else:
-        os.replace(archive, root / f"{name}.zip")
-        log.info("kept the archive as %s", root / f"{name}.zip")
-    log.info("%s is ready: cyclegan train --dataset_name %s%s", target, name,
-             "" if root == Path("data") else f" --dataroot {target}")
+        os.replace(archive, kept)
+        log.info("kept the archive as %s", kept)
+    if entry.family == "pix2pix":
+        log.info("%s is ready: aligned pairs (A left, B right in each image) in %s", target,
+                 ", ".join(sorted(p.name for p in target.iterdir() if p.is_dir())))
+    else:
+        log.info("%s is ready: cyclegan train --dataset_name %s%s", target, name,
+                 "" if root == Path("data") else f" --dataroot {target}")
     return target
 
 
 def download_model(name: str, root: Path | None = None, base: str | None = None, force: bool = False,
                    max_bytes: int | None = None) -> Path:
-    """``root/name.pth``: downloaded, and kept only if it loads as a generator's weights."""
-    target = zoo.pretrained_path(name, root)
+    """``root/NAME.pth`` (``root/pix2pix/NAME.pth`` for a pix2pix generator): downloaded, and kept
+    only if it loads as a generator's weights."""
+    entry = require_entry(name, "model")
+    target = zoo.pretrained_path(entry.name, root, entry.family)
     if target.is_file() and not force:
         log.info("%s is already there (pass --force to download it again)", target)
         return target
-    url = zoo.model_url(name, base)
+    url = zoo.model_url(entry.name, base, entry.family)
 
     def loads_as_weights(path: Path) -> None:
         try:
@@ -164,7 +231,8 @@ def download_model(name: str, root: Path | None = None, base: str | None = None,
             raise DownloadError(f"{url}: not a generator's weights ({exc}); the file was deleted") from exc
 
     download(url, target, check=loads_as_weights, max_bytes=max_bytes or zoo.MODEL_MAX_BYTES)
-    log.info("%s is ready: cyclegan translate --checkpoint %s --input IMAGES --output OUT", target, name)
+    log.info("%s is ready: cyclegan translate --checkpoint %s --input IMAGES --output OUT", target,
+             entry.name if zoo.find_model(entry.name) == entry else entry.qualified)
     return target
 
 
@@ -185,15 +253,14 @@ def run(args: argparse.Namespace) -> int:
         download_inception(Path(args.output) if args.output else None, args.url, args.sha256, args.force,
                            args.max_size)
         return 0
-    entries: dict[str, str | None] = dict(zoo.DATASETS) if args.what == "dataset" else dict(zoo.MODELS)
     if args.list:
-        print(listing(entries, f"official {args.what}s ({'archive size' if args.what == 'dataset' else 'what it does'}):"))
+        entries = zoo.dataset_entries() if args.what == "dataset" else zoo.model_entries()
+        print(listing(entries, args.what))
         return 0
-    name = require_name(args.name, entries, args.what)
     if args.what == "dataset":
-        download_dataset(name, Path(args.root), args.base_url, args.keep_archive, args.force, args.max_size)
+        download_dataset(args.name, Path(args.root), args.base_url, args.keep_archive, args.force, args.max_size)
     else:
-        download_model(name, Path(args.root) if args.root else None, args.base_url, args.force, args.max_size)
+        download_model(args.name, Path(args.root) if args.root else None, args.base_url, args.force, args.max_size)
     return 0
 
 

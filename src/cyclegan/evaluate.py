@@ -210,8 +210,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gen = load_generator(args.checkpoint, args.direction, device)
         names, inputs = _read_folder(args.input, gen.in_channels, "--input")
         back = None
-        if gen.config and gen.config.get("model", "cyclegan") == "cyclegan":  # G_BA closes the cycle
-            back = load_generator(args.checkpoint, "BtoA" if args.direction == "AtoB" else "AtoB", device)
+        reverse = "BtoA" if args.direction == "AtoB" else "AtoB"
+        if reverse in gen.directions:  # the other generator closes the cycle (CycleGAN)
+            back = load_generator(args.checkpoint, reverse, device)
         size = args.size or (min(gen.train_size) if gen.train_size else 256)
         fakes, cycle = [], []
         for x in inputs:

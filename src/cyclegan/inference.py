@@ -7,9 +7,15 @@
   ``G_AB`` for ``AtoB``, ``G_BA`` for ``BtoA``, built from the run's config;
 - one generator's weights, ``.pth`` or ``.safetensors``: the reference code's ``G_AB_N.pth``, the
   official repository's ``latest_net_G_A.pth`` (its ``ResnetGenerator``: transposed-convolution
-  upsampling, ``conv_block`` keys; instance-norm running statistics of old files are dropped), or
-  an exported ``.safetensors``. The architecture, block count, width and channels are read off
-  the keys and shapes. Files are read with ``weights_only=True``: nothing in them is executed.
+  upsampling, ``conv_block`` keys; instance-norm running statistics of old files are dropped), an
+  official pix2pix ``latest_net_G.pth`` (its ``UnetGenerator``: nested ``model.model.1.model.3...``
+  keys; ``unet_128`` or ``unet_256`` by the nesting depth, batch, instance or no norm), or an
+  exported ``.safetensors``. The architecture, depth or block count, width, norm and channels are
+  read off the keys and shapes. Files are read with ``weights_only=True``: nothing in them is
+  executed. Every generator runs in eval mode: a pix2pix U-Net's batch norms use their running
+  statistics and its dropout is off, as the official ``test.py --eval`` runs it (without
+  ``--eval`` the official script normalises with each image's own statistics and keeps dropout
+  on, so its outputs differ and vary; see docs/inference.md).
 
 ``translate_image`` pads an image by reflection to what the generator needs (a multiple of 4 for
 the ResNet generators) and crops the result back, so a 501x333 photo comes back 501x333; with
@@ -31,9 +37,10 @@ from torch import nn
 
 from cyclegan.checkpoint import load_checkpoint, load_run_checkpoint, load_state_dict_file, newest_checkpoint
 from cyclegan.errors import CycleGANError
-from cyclegan.models import build_generator, generator_multiple
+from cyclegan.models import UnetGenerator, build_generator, generator_multiple
 from cyclegan.options import TrainConfig
-from cyclegan.zoo import MODELS, pretrained_path
+from cyclegan.registry import get_model, model_of_saved
+from cyclegan.zoo import find_model, pretrained_path
 
 __all__ = ["Generator", "OnnxGenerator", "load_generator", "generator_from_state_dict", "translate_image"]
 
@@ -54,6 +61,11 @@ class Generator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @property
+    def directions(self) -> tuple[str, ...]:
+        """The directions the run it comes from translates (its model's); a bare weights file: one."""
+        return model_of_saved(self.config).directions if self.config else ("AtoB",)
 
 
 class OnnxGenerator:
@@ -86,11 +98,13 @@ def _from_run(states: dict[str, dict[str, torch.Tensor]], saved: dict[str, Any],
               source: str) -> Generator:
     """One generator of a run's checkpoint, built from the run's config as training built it."""
     config = TrainConfig.from_json(saved, source)
-    name = "G_AB" if direction == "AtoB" else "G_BA"
-    if name not in states:
+    model = get_model(config.model)
+    name = model.generators.get(direction)
+    if name is None or name not in states:
+        offered = ", ".join(model.directions)
         raise CycleGANError(
-            f"--direction {direction}: {source} is a --model {config.model} run, which trains only G_AB (A to B); "
-            "translate with --direction AtoB (the default), or train a cyclegan run for both directions"
+            f"--direction {direction}: {source} is a --model {config.model} run, which translates {offered} only; "
+            f"use --direction {model.directions[0]}, or train a cyclegan run for both directions"
         )
     with torch.device("meta"):  # the weights come from the checkpoint: nothing to allocate or draw
         net = build_generator(config, direction, initialise=False)
@@ -111,16 +125,23 @@ def as_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "state dict") -> Generator:
-    """One generator from its weights alone: the reference's ``GeneratorResNet`` (``block`` keys)
-    or the official ``ResnetGenerator`` (``conv_block`` keys), with width, blocks and channels
-    read off the shapes."""
+    """One generator from its weights alone: the reference's ``GeneratorResNet`` (``block`` keys),
+    the official ``ResnetGenerator`` (``conv_block`` keys) or the official ``UnetGenerator``
+    (``model.model.*`` keys, pix2pix's), with its sizes read off the keys and shapes."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    if _UNET_FIRST in state:
+        return _unet_from_state_dict(state, source)
+    return _resnet_from_state_dict(state, source)
+
+
+def _resnet_from_state_dict(state: dict[str, torch.Tensor], source: str) -> Generator:
+    """A ResNet generator, reference or official, with width, blocks and channels read off the shapes."""
     blocks = {int(m.group(1)): m.group(2) for k in state if (m := _BLOCK.match(k))}
     if not blocks or "model.1.weight" not in state:
         raise CycleGANError(
-            f"{source}: not a ResNet generator this program knows (expected 'model.1.weight' and "
-            f"'model.<i>.block.*' (reference) or 'model.<i>.conv_block.*' (official) keys; found "
-            f"{', '.join(list(state)[:6])}, ...)"
+            f"{source}: not a generator this program knows (expected 'model.1.weight' and "
+            f"'model.<i>.block.*' (reference) or 'model.<i>.conv_block.*' (official ResNet) keys, or "
+            f"'{_UNET_FIRST}' (official U-Net); found {', '.join(list(state)[:6])}, ...)"
         )
     kind = set(blocks.values())
     if len(kind) > 1:
@@ -130,8 +151,7 @@ def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "sta
     batch_norm = "model.2.weight" in state and "model.2.running_mean" in state
     norm = "batch" if batch_norm else "instance"
     if not batch_norm:  # instance norm without affine parameters: old files carry running stats
-        state = {k: v for k, v in state.items()
-                 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        state = _without_running_stats(state)
     convs = [k for k in state if re.fullmatch(r"model\.\d+\.weight", k) and state[k].dim() == 4]
     last = max(convs, key=lambda k: int(k.split(".")[1]))
     out_channels = int(state[last].shape[0])
@@ -151,14 +171,76 @@ def generator_from_state_dict(state: dict[str, torch.Tensor], source: str = "sta
     return Generator(net.eval(), in_channels, out_channels, 4, source, arch)
 
 
+# The official UnetGenerator's keys: the outermost block is ``model.model`` (down convolution 0,
+# the inner blocks 1, up convolution 3); each inner block sits at index 1 (of the outermost) or 3
+# (of a middle block) of its parent's ``model``, down convolution 1, its norm 2, up convolution
+# 5 (3 in the innermost), its norm 6 (4).
+_UNET_FIRST = "model.model.0.weight"
+
+
+def _without_running_stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def unet_depth(state: dict[str, torch.Tensor]) -> int:
+    """The levels (downsamplings) of an official U-Net's state dict: 7 for ``unet_128``, 8 for
+    ``unet_256``. Each inner level's keys lie under its parent's prefix plus ``1.model.`` (under
+    the outermost block) or ``3.model.``."""
+    depth, prefix = 1, "model.model.1.model."
+    while any(k.startswith(prefix) for k in state):
+        depth += 1
+        prefix += "3.model."
+    return depth
+
+
+def _unet_norm(state: dict[str, torch.Tensor]) -> str:
+    """Batch norm has affine weights and running statistics (``model.model.1.model.2.*``);
+    instance norm (affine=False) has no parameters but the convolutions have biases; no norm,
+    neither."""
+    if "model.model.1.model.2.weight" in state:
+        return "batch"
+    return "instance" if "model.model.0.bias" in state else "none"
+
+
+def _unet_from_state_dict(state: dict[str, torch.Tensor], source: str) -> Generator:
+    """The official pix2pix ``UnetGenerator``, depth, width, channels and norm read off the keys:
+    our ``UnetGenerator`` has its module order and key layout. Built with dropout (the pix2pix
+    default; dropout has no weights, and eval mode turns it off). Files saved before PyTorch 0.4
+    lack ``num_batches_tracked``: it is unused in eval mode, and set to 0."""
+    first = state[_UNET_FIRST]
+    if first.dim() != 4 or "model.model.3.weight" not in state:
+        raise CycleGANError(f"{source}: '{_UNET_FIRST}' but no U-Net up convolution 'model.model.3.weight': not "
+                            "an official UnetGenerator")
+    ngf, in_channels = int(first.shape[0]), int(first.shape[1])
+    out_channels = int(state["model.model.3.weight"].shape[1])  # a transposed convolution: (in, out, k, k)
+    depth, norm = unet_depth(state), _unet_norm(state)
+    if norm == "batch":
+        state = dict(state)
+        for key in [k for k in state if k.endswith(".running_mean")]:
+            state.setdefault(key.removesuffix("running_mean") + "num_batches_tracked", torch.tensor(0))
+    else:  # instance norm without running statistics: old files carry them
+        state = _without_running_stats(state)
+    arch = f"unet_{2 ** depth}"
+    try:
+        with torch.device("meta"):
+            net = UnetGenerator(in_channels, out_channels, depth, ngf, norm, use_dropout=True)
+        net.load_state_dict(as_float32(state), strict=True, assign=True)
+    except (RuntimeError, ValueError) as exc:
+        raise CycleGANError(f"{source}: the weights do not fit an official U-Net of {depth} levels ({arch}, ngf "
+                            f"{ngf}, {norm} norm, {in_channels} -> {out_channels} channels): {exc}") from exc
+    side = 2 ** depth
+    return Generator(net.eval(), in_channels, out_channels, side, source, arch, (side, side))
+
+
 def resolve_checkpoint(given: str | Path) -> Path:
-    """The file or folder ``--checkpoint`` names; a bare official model name (``horse2zebra``)
-    is its file from ``cyclegan download model``."""
+    """The file or folder ``--checkpoint`` names; an official model's name (``horse2zebra``,
+    ``pix2pix/sat2map``) is its file from ``cyclegan download model``."""
     path = Path(given)
     if path.exists():
         return path
-    if str(given) in MODELS:
-        downloaded = pretrained_path(str(given))
+    entry = find_model(str(given))
+    if entry is not None:
+        downloaded = pretrained_path(entry.name, family=entry.family)
         if downloaded.is_file():
             return downloaded
         raise CycleGANError(f"--checkpoint {given}: the official pretrained generator is not downloaded yet "

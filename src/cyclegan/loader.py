@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -18,6 +19,8 @@ from cyclegan.errors import CycleGANError
 from cyclegan.images import scan_images
 from cyclegan.models import discriminator_min_side
 from cyclegan.options import TrainConfig
+from cyclegan.paired import PairedDataset, paired_layout, require_paired
+from cyclegan.registry import get_model
 
 __all__ = ["RunData", "choose_dataset", "open_run_data", "make_loader", "sample_batch"]
 
@@ -27,9 +30,8 @@ log = logging.getLogger("cyclegan.train")
 @dataclass
 class RunData:
     root: Path
-    train: datasets.ImageDataset
-    val: datasets.ImageDataset
-    demo: bool
+    train: datasets.ImageDataset | PairedDataset
+    val: datasets.ImageDataset | PairedDataset
 
 
 def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None:
@@ -73,35 +75,51 @@ def demo_root(run_dir: Path) -> Path:
 
 
 def write_demo_data(config: TrainConfig, run_dir: Path) -> None:
-    """Write the demo data into the run folder unless they are there."""
+    """Write the demo data into the run folder unless they are there (in pairs for a paired model)."""
     root = demo_root(run_dir)
     if not datasets.has_split(root, "train"):
-        datasets.write_demo_dataset(root, size=max(config.img_height, config.img_width))
+        datasets.write_demo_dataset(root, size=max(config.img_height, config.img_width),
+                                    paired=get_model(config.model).paired)
+
+
+def _sample_split(root: Path, paired: bool) -> str:
+    """The split sample grids show: test, else val, else train."""
+    for split in ("test", "val"):
+        if (paired_layout(root, split) is not None) if paired else datasets.has_split(root, split):
+            return split
+    return "train"
 
 
 def open_run_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunData:
-    """Open the dataset (writing the demo data when ``root`` is None) and check every image."""
-    demo = root is None
+    """Open the dataset (writing the demo data when ``root`` is None) and check every image. A
+    paired model (pix2pix) reads pairs (``paired.PairedDataset``: aligned AB images, or A and B
+    folders paired by name), the others two unpaired folders."""
     if root is None:
         write_demo_data(config, run_dir)
         root = demo_root(run_dir)
     h, w = config.img_height, config.img_width
     options = dict(channels=config.channels_A, channels_B=config.channels_B, direction=config.direction,
                    max_dataset_size=config.max_dataset_size)
-    train_set = datasets.ImageDataset(
-        root,
-        datasets.build_transforms(config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A),
-        unaligned=not config.serial_batches, mode="train", **options,
-    )
-    val_mode = "test" if datasets.has_split(root, "test") else "train"
-    val_set = datasets.ImageDataset(
-        root, datasets.test_transforms(h, w, config.channels_A), unaligned=False, mode=val_mode, **options
-    )
+    train_transform = datasets.build_transforms(config.preprocess, h, w, config.load_size, not config.no_flip,
+                                                config.channels_A)
+    paired = get_model(config.model).paired
+    split = _sample_split(root, paired)
+    train_set: Any
+    val_set: Any
+    if paired:
+        require_paired(root, "train")
+        train_set = PairedDataset(root, train_transform, mode="train", **options)
+        val_set = PairedDataset(root, datasets.test_transforms(h, w, config.channels_A), mode=split, **options)
+    else:
+        train_set = datasets.ImageDataset(root, train_transform, unaligned=not config.serial_batches, mode="train",
+                                          **options)
+        val_set = datasets.ImageDataset(root, datasets.test_transforms(h, w, config.channels_A), unaligned=False,
+                                        mode=split, **options)
     check_images(config, train_set, val_set)
-    return RunData(root, train_set, val_set, demo)
+    return RunData(root, train_set, val_set)
 
 
-def check_images(config: TrainConfig, *sets: datasets.ImageDataset) -> None:
+def check_images(config: TrainConfig, *sets: Any) -> None:
     """Decode every file of the sets before training; stop with the list of those that fail
     (``--bad_images error``), or leave them out (``skip``)."""
     if config.preprocess in ("none", "scale_width"):  # sizes vary: the discriminator's minimum
@@ -109,6 +127,8 @@ def check_images(config: TrainConfig, *sets: datasets.ImageDataset) -> None:
         min_size, min_label = (side, side), "the discriminator's minimum"
     else:
         min_size, min_label = (config.img_width, config.img_height), "the crop (--img_width x --img_height)"
+    if isinstance(sets[0], PairedDataset) and sets[0].layout == "aligned":  # two halves side by side
+        min_size, min_label = (2 * min_size[0], min_size[1]), f"twice the width of {min_label} (A and B side by side)"
     files = sorted({p for ds in sets for p in ds.files_A + ds.files_B})
     workers = max(1, min(8, os.cpu_count() or 1))
     problems = scan_images(files, workers, sys.stderr.isatty(), min_size, min_label)
@@ -144,5 +164,8 @@ def make_loader(dataset: datasets.ImageDataset, config: TrainConfig, rank: int, 
 
 
 def sample_batch(val: datasets.ImageDataset, count: int = 5) -> dict[str, torch.Tensor]:
-    """The first ``count`` sample images (the test split's when there is one): the same every time."""
-    return torch.utils.data.default_collate([val[k] for k in range(min(count, len(val)))])
+    """The first ``count`` sample images (the test split's when there is one): the same every time,
+    and drawn without touching torch's generator (a dataset may draw for an item even when its
+    transforms are fixed, and a resumed run must draw what a straight run draws)."""
+    with torch.random.fork_rng(devices=[]):
+        return torch.utils.data.default_collate([val[k] for k in range(min(count, len(val)))])

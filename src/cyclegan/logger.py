@@ -53,17 +53,19 @@ LOSS_TERMS = ("D", "G", "adv", "cycle", "identity", "nce", "nce_identity")
 class Progress:
     """A tqdm bar on a terminal; otherwise a log line every tenth of an epoch."""
 
-    def __init__(self, total: int, epoch: int, n_epochs: int, done: int = 0) -> None:
+    def __init__(self, total: int, epoch: int, n_epochs: int, done: int = 0,
+                 terms: tuple[str, ...] = LOSS_TERMS) -> None:
+        """``terms``: the loss terms shown, in order (``D``, ``G`` and the model's ``loss_names``)."""
         from tqdm import tqdm
 
-        self.total, self.epoch, self.n_epochs = total, epoch, n_epochs
+        self.total, self.epoch, self.n_epochs, self.terms = total, epoch, n_epochs, terms
         self.every = max(1, total // 10)
         tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch",
                         leave=False) if tty else None
 
     def update(self, i: int, losses: dict[str, float], img_per_s: float, peak_fraction: float, eta_s: float) -> None:
-        terms = " ".join(f"{k} {losses[k]:.4f}" for k in LOSS_TERMS if k in losses)
+        terms = " ".join(f"{k} {losses[k]:.4f}" for k in self.terms if k in losses)
         text = f"{terms} | {img_per_s:.3g} img/s | {peak_fraction:.0%} of peak"
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text} | ETA {format_eta(eta_s)}", refresh=False)

@@ -35,18 +35,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import (
-    GeneratorResNet,
-    NETWORK_NAMES,
-    ResidualBlock,
-    ResnetBlock,
-    ResnetGenerator,
-    UnetSkipConnectionBlock,
-    build_networks,
-)
+from cyclegan.models import GeneratorResNet, ResidualBlock, ResnetBlock, ResnetGenerator, UnetSkipConnectionBlock
 from cyclegan.options import TrainConfig
+from cyclegan.registry import build_networks, get_model
 from cyclegan.runtime import available_bytes
-from cyclegan.step import NCESettings, cut_train_step, train_step
 
 __all__ = ["CHECKPOINTING_MODES", "CheckpointedSequential", "checkpoint_activations", "saved_activation_bytes",
            "step_on_meta",
@@ -56,7 +48,6 @@ log = logging.getLogger("cyclegan.train")
 
 CHECKPOINTING_MODES = ("off", "blocks", "full", "auto")
 BLOCKS = (ResidualBlock, ResnetBlock)
-ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Tanh)
 
 Segment = tuple[int, int, bool]  # children [start, end), recomputed in backward or not
 
@@ -192,21 +183,17 @@ def step_on_meta(config: TrainConfig, batch_size: int | None = None, mode: str =
     WGAN-GP penalty left out (its ``autograd.grad`` cannot be traced this way); ``around()`` is
     entered around the step alone. Nothing is computed and no random state is used."""
     n = batch_size or config.batch_size
+    model = get_model(config.model)
+    stand_in = dataclasses.replace(config, gan_mode="lsgan") if config.gan_mode == "wgangp" else config
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        nets = build_networks(config)
+        nets = model.build_networks(config)
         for net in nets.values():
             checkpoint_activations(net, mode)
         real_A = torch.zeros(n, config.channels_A, config.img_height, config.img_width)
         real_B = torch.zeros(n, config.channels_B, config.img_height, config.img_width)
         optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B", "F")}
-        gan_mode = "lsgan" if config.gan_mode == "wgangp" else config.gan_mode
         with around():
-            if config.model == "cyclegan":
-                train_step({k: nets[k] for k in NETWORK_NAMES}, optimizers, {"A": None, "B": None}, real_A, real_B,
-                           config.lambda_cyc, config.lambda_id, gan_mode)
-            else:
-                settings = dataclasses.replace(NCESettings.of(config), gan_mode=gan_mode)
-                cut_train_step(nets, optimizers, real_A, real_B, settings)
+            model.step(stand_in, nets, optimizers, {"A": None, "B": None}, real_A, real_B)
 
 
 def human_bytes(n: float) -> str:

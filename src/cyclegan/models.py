@@ -12,9 +12,9 @@ The official repository (junyanz/pytorch-CycleGAN-and-pix2pix): ``ResnetGenerato
 convolutions, ``model.N.conv_block.M`` keys), ``UnetGenerator``, ``NLayerDiscriminator``
 (``basic`` is 3 layers: the 70x70 PatchGAN) and ``PixelDiscriminator``, built with the same
 modules in the same order as there, so their parameter counts and keys are the official ones.
-``define_G`` and ``define_D`` build any of them by name; ``build_generator``,
-``build_discriminator`` and ``build_networks`` build them from a run's config (training,
-inference, export and serve all go through them), and ``generator_multiple`` and
+``define_G`` and ``define_D`` build any of them by name; ``build_generator`` and
+``build_discriminator`` build them from a run's config (each model's ``build_networks``, and
+inference, export and serve, go through them), and ``generator_multiple`` and
 ``discriminator_min_side`` say what image sizes they take.
 """
 
@@ -43,8 +43,6 @@ __all__ = [
     "define_G",
     "define_D",
     "NETWORK_NAMES",
-    "MODELS",
-    "network_names",
     "PatchSampleMLP",
     "nce_layer_indices",
     "encoder",
@@ -53,7 +51,6 @@ __all__ = [
     "NetworkConfig",
     "build_generator",
     "build_discriminator",
-    "build_networks",
     "build_patch_mlp",
     "generator_multiple",
     "discriminator_min_side",
@@ -64,9 +61,7 @@ __all__ = [
 ]
 
 NETWORK_NAMES = ("G_AB", "G_BA", "D_A", "D_B")  # the four networks of a CycleGAN run, in the order they are built
-# --model: CycleGAN, or its successors CUT and FastCUT (one generator G_AB, one discriminator D_B,
-# and the PatchNCE projection head F).
-MODELS = ("cyclegan", "cut", "fastcut")
+# CUT and FastCUT: one generator G_AB, one discriminator D_B, and the PatchNCE projection head F.
 CUT_NETWORK_NAMES = ("G_AB", "D_B", "F")
 GENERATORS = ("resnet", "unet_128", "unet_256")
 DISCRIMINATORS = ("reference", "basic", "n_layers", "pixel")
@@ -477,15 +472,6 @@ def discriminator_min_side(netD: str, n_layers_D: int = 3) -> int:
     return 32 if netD == "reference" else 1
 
 
-def network_names(model: str) -> tuple[str, ...]:
-    """The networks of a ``--model`` run, in the order they are built (and saved)."""
-    if model == "cyclegan":
-        return NETWORK_NAMES
-    if model in ("cut", "fastcut"):
-        return CUT_NETWORK_NAMES
-    raise ValueError(f"unknown model {model!r}: use one of {', '.join(MODELS)}")
-
-
 class PatchSampleMLP(nn.Module):
     """CUT's projection head F: for each chosen generator layer, a two-layer MLP (Linear, ReLU,
     Linear to ``nc``) applied to the features of ``num_patches`` locations sampled at random, each
@@ -624,19 +610,3 @@ def build_patch_mlp(config: NetworkConfig, G: nn.Module) -> PatchSampleMLP:
     layers = nce_layer_indices(config.nce_layers)
     net = PatchSampleMLP(feature_channels(G, layers, config.channels_A), config.netF_nc)
     return init_weights(net, config.init_type, config.init_gain)
-
-
-def build_networks(config: NetworkConfig) -> dict[str, nn.Module]:
-    """The networks of the config's ``model``, initialised (by default N(0, 0.02), as the
-    reference), in the order of ``network_names`` (the order the random initialisation draws in):
-    G_AB, G_BA, D_A, D_B for CycleGAN; G_AB, D_B and the projection head F for CUT and FastCUT."""
-    if config.model != "cyclegan":
-        network_names(config.model)  # refuses an unknown model
-        G = build_generator(config, "AtoB")
-        return {"G_AB": G, "D_B": build_discriminator(config, "B"), "F": build_patch_mlp(config, G)}
-    return {  # NETWORK_NAMES
-        "G_AB": build_generator(config, "AtoB"),
-        "G_BA": build_generator(config, "BtoA"),
-        "D_A": build_discriminator(config, "A"),
-        "D_B": build_discriminator(config, "B"),
-    }

@@ -27,19 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from cyclegan.errors import CycleGANError
-from cyclegan.models import (
-    DISCRIMINATORS,
-    INIT_TYPES,
-    MODELS,
-    NORMS,
-    discriminator_min_side,
-    generator_multiple,
-    nce_layer_indices,
-)
+from cyclegan.models import DISCRIMINATORS, INIT_TYPES, NORMS, discriminator_min_side, generator_multiple
+from cyclegan.registry import MODELS, get_model
 from cyclegan.runtime import add_debug_flag
 
-__all__ = ["TrainConfig", "saved_fields", "check_path_flags", "get_args_parser", "parse_config", "validate", "PREPROCESS_MODES", "LR_POLICIES",
-           "GAN_MODES"]
+__all__ = ["TrainConfig", "saved_fields", "check_path_flags", "get_args_parser", "parse_config", "validate",
+           "PREPROCESS_MODES", "LR_POLICIES", "GAN_MODES"]
 
 PREPROCESS_MODES = ("reference", "resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 LR_POLICIES = ("linear", "step", "plateau", "cosine")
@@ -49,17 +42,9 @@ ARCH_PRESETS = {
     "reference": {"upsample": "nearest", "netD": "reference"},
     "official": {"upsample": "transpose", "netD": "basic"},
 }
-# --model presets: the official CUT implementation's settings (Park et al., 2020). CUT trains 200
-# epochs at the initial rate and 200 decaying, FastCUT 150 and 50: those two apply together, when
-# neither --n_epochs nor --decay_epoch is given.
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "cyclegan": {},
-    "cut": {"netD": "basic", "init_type": "xavier", "pool_size": 0, "lambda_NCE": 1.0, "nce_idt": True,
-            "flip_equivariance": False},
-    "fastcut": {"netD": "basic", "init_type": "xavier", "pool_size": 0, "lambda_NCE": 10.0, "nce_idt": False,
-                "flip_equivariance": True},
-}
-MODEL_EPOCHS = {"cut": (400, 200), "fastcut": (200, 150)}
+# --model presets and default epochs belong to each model (registry): get_model(name).presets and
+# .epochs (CUT trains 200 epochs at the initial rate and 200 decaying, FastCUT 150 and 50, pix2pix
+# 100 and 100: those two apply together, when neither --n_epochs nor --decay_epoch is given).
 
 
 @dataclass
@@ -84,8 +69,10 @@ class TrainConfig:
     n_residual_blocks: int = 9
     lambda_cyc: float = 10.0
     lambda_id: float = 5.0
-    # Model: CycleGAN, or CUT / FastCUT (contrastive unpaired translation) and their PatchNCE loss.
+    # Model: CycleGAN, CUT / FastCUT (contrastive unpaired translation) and their PatchNCE loss, or
+    # pix2pix (paired) and its L1 weight.
     model: str = "cyclegan"
+    lambda_L1: float = 100.0
     lambda_NCE: float = 1.0
     nce_idt: bool = True
     flip_equivariance: bool = False
@@ -213,14 +200,16 @@ def _true_or_false(text: str) -> bool:
 
 
 def _add_model_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    """The ``--model`` group: CycleGAN, CUT or FastCUT, and PatchNCE's settings."""
-    model = p.add_argument_group("model: CycleGAN, CUT or FastCUT")
+    """The ``--model`` group: CycleGAN, CUT, FastCUT or pix2pix, and their losses' settings."""
+    model = p.add_argument_group("model: CycleGAN, CUT, FastCUT or pix2pix")
+    described = ". ".join(f"{name}: {get_model(name).summary}" for name in MODELS)
     model.add_argument("--model", choices=MODELS, help=_help(
-        "cyclegan: two generators, two discriminators, cycle and identity losses. cut: one generator A->B, one "
-        "discriminator and the patchwise contrastive loss PatchNCE (Park et al., 2020), with its identity term "
-        "on B; fastcut: the same with lambda_NCE 10, no identity term and flip-equivariance. cut and fastcut set "
-        "the official CUT defaults of the flags below and --netD basic --init_type xavier --pool_size 0, and "
-        "train 400 (cut) or 200 (fastcut) epochs decaying from 200 or 150, unless those flags are given", "cyclegan"))
+        f"{described}. cut, fastcut and pix2pix set their papers' defaults of the flags below and others "
+        "(--netD, --init_type, --pool_size; pix2pix: --netG unet_256 --norm batch --gan_mode vanilla, dropout), "
+        "and train 400 (cut), 200 (fastcut, pix2pix) epochs decaying from 200, 150 or 100, unless those flags are "
+        "given", "cyclegan"))
+    model.add_argument("--lambda_L1", type=float, help=_help("pix2pix: weight of the L1 loss to the paired target",
+                                                             d.lambda_L1))
     model.add_argument("--lambda_NCE", type=float, help=_help("PatchNCE loss weight", "1 (cut), 10 (fastcut)"))
     model.add_argument("--nce_idt", type=_true_or_false, metavar="{true,false}", help=_help(
         "also apply PatchNCE to G(B) against B (the identity term)", "true (cut), false (fastcut)"))
@@ -503,9 +492,10 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
     given.update(cli)
     explicit = set(given)
     model = given.get("model", TrainConfig.model)
-    if model in MODEL_EPOCHS and not {"n_epochs", "decay_epoch"} & set(given):
-        given["n_epochs"], given["decay_epoch"] = MODEL_EPOCHS[model]
-    for key, value in MODEL_PRESETS.get(model, {}).items():
+    chosen = get_model(model)
+    if chosen.epochs is not None and not {"n_epochs", "decay_epoch"} & set(given):
+        given["n_epochs"], given["decay_epoch"] = chosen.epochs
+    for key, value in chosen.presets.items():
         given.setdefault(key, value)
     for key, value in ARCH_PRESETS[given.get("arch", TrainConfig.arch)].items():
         if key not in given:
@@ -675,37 +665,8 @@ def _check_combinations(config: TrainConfig) -> None:
 
 
 def _check_model(config: TrainConfig) -> None:
-    """CUT and FastCUT: the generator layers PatchNCE reads, and the settings of its loss."""
-    if config.model not in MODELS:
-        raise CycleGANError(f"--model {config.model}: use one of {', '.join(MODELS)}")
-    if config.model == "cyclegan":
-        return
-    if config.netG != "resnet":
-        raise CycleGANError(f"--model {config.model} reads the encoder layers of a ResNet generator: use --netG "
-                            f"resnet (or resnet_9blocks / resnet_6blocks), not {config.netG}")
-    try:
-        layers = nce_layer_indices(config.nce_layers)
-    except ValueError as exc:
-        raise CycleGANError(str(exc)) from None
-    encoder_layers = 10 + config.n_residual_blocks
-    if layers[-1] >= encoder_layers:
-        raise CycleGANError(
-            f"--nce_layers {config.nce_layers}: layer {layers[-1]} is beyond the encoder of a generator with "
-            f"{config.n_residual_blocks} residual blocks (layers 0 to {encoder_layers - 1}); use more "
-            "--n_residual_blocks or lower layers"
-        )
-    for flag in ("num_patches", "netF_nc"):
-        if getattr(config, flag) < 1:
-            raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 1 or more")
-    if config.nce_T <= 0:
-        raise CycleGANError(f"--nce_T {config.nce_T}: use a positive temperature")
-    if config.lambda_NCE < 0:
-        raise CycleGANError(f"--lambda_NCE {config.lambda_NCE}: use 0 or more")
-    if config.nce_idt and config.channels_A != config.channels_B:
-        raise CycleGANError(
-            f"--nce_idt true needs both domains to have the same channels (--input_nc {config.channels_A}, "
-            f"--output_nc {config.channels_B}): pass --nce_idt false"
-        )
+    """The settings the config's ``--model`` needs (its own checks, in its module)."""
+    get_model(config.model).check(config)
 
 
 def describe(config: TrainConfig) -> str:

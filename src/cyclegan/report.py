@@ -24,6 +24,7 @@ from typing import Any
 from cyclegan.checkpoint import newest_checkpoint
 from cyclegan.errors import CycleGANError
 from cyclegan.logger import read_metrics
+from cyclegan.registry import model_of_saved
 from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.utils import atomic_write
 
@@ -31,28 +32,35 @@ __all__ = ["write_report", "main"]
 
 log = logging.getLogger("cyclegan.report")
 
-LOSS_PANELS = (
+# The panels every model's chart has; then one panel per loss term of its model (Model.loss_names).
+COMMON_PANELS = (
     ("discriminators", ("D_A", "D_B", "D")),
     ("generators: adversarial and total", ("adv", "G")),
-    ("cycle consistency", ("cycle",)),
-    ("identity", ("identity",)),
-    ("PatchNCE (CUT)", ("nce", "nce_identity")),
 )
+
+
+def loss_panels(config: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The chart's panels for a run of the config's model."""
+    own = tuple((name, (name,)) for name in model_of_saved(config).loss_names if name != "adv")
+    return COMMON_PANELS + own
 
 
 def _png_data_url(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
 
 
-def loss_chart(records: list[dict[str, Any]]) -> bytes:
-    """The loss curves and learning rates as one PNG."""
+Panels = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def loss_chart(records: list[dict[str, Any]], panels: Panels = COMMON_PANELS) -> bytes:
+    """The loss curves (a panel per entry of ``panels``) and learning rates as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in records]
-    panels = [(title, keys) for title, keys in LOSS_PANELS if any(k in r for r in records for k in keys)]
+    panels = tuple((title, keys) for title, keys in panels if any(k in r for r in records for k in keys))
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2), dpi=100,
                              squeeze=False)
     axes = axes[0]
@@ -129,7 +137,8 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         parts.append(f"<p>{len(records)} logged steps; last: step {last['step']} (epoch {last.get('epoch', '?')})"
                      f", {_number(last.get('img_s')):.3g} img/s.</p>")
         parts.append("<h2>Losses</h2>")
-        parts.append(f"<img id='loss-chart' alt='loss curves' src='{_png_data_url(loss_chart(records))}'>")
+        chart = loss_chart(records, loss_panels(config))
+        parts.append(f"<img id='loss-chart' alt='loss curves' src='{_png_data_url(chart)}'>")
     else:
         parts.append("<p id='no-metrics'>No metrics.jsonl yet: the run has logged no step.</p>")
     parts.append("<h2>Samples</h2><p>Rows: real A, G_AB(A), real B, then G_BA(B) (CycleGAN) or G_AB(B) (CUT, "

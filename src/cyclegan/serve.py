@@ -48,8 +48,8 @@ class Translator:
         self.device, self.max_pixels, self.tile = device, max_pixels, tile
         first = load_generator(checkpoint, "AtoB", device)
         self.generators = {"AtoB": first}
-        if first.config and first.config.get("model", "cyclegan") == "cyclegan":  # a CycleGAN run: both directions
-            self.generators["BtoA"] = load_generator(checkpoint, "BtoA", device)
+        for direction in first.directions[1:]:  # a CycleGAN run: both directions
+            self.generators[direction] = load_generator(checkpoint, direction, device)
         self.source = first.source.removesuffix(" (G_AB)")
         self.out_dir = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -47,9 +47,9 @@ from cyclegan.images import make_grid, save_image
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
 from cyclegan.logger import NullLogger, Progress, make_logger
 from cyclegan.memory import check_fits, out_of_memory_advice, resolve_checkpointing
-from cyclegan.models import build_networks
 from cyclegan.options import TrainConfig, check_path_flags, describe, get_args_parser, parse_config, validate
 from cyclegan.perf import Speed, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops
+from cyclegan.registry import build_networks, get_model
 from cyclegan.report import write_report
 from cyclegan.resume import (
     Position,
@@ -278,7 +278,8 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
     first = position.batch if epoch == position.epoch else 0
     if first == 0:
         position.loss_G_sum = 0.0
-    progress = Progress(n_batches, epoch, config.n_epochs, done=first)
+    progress = Progress(n_batches, epoch, config.n_epochs, done=first,
+                        terms=("D", "G", *get_model(config.model).loss_names))
     stopping, i = False, first - 1
     clock.lap()
     batches = enumerate(loader, start=first)
@@ -310,7 +311,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
         batches_done = epoch * n_batches + i
         if batches_done % config.sample_interval == 0 and env.is_main:
             grid = run.run_dir / "samples" / f"{batches_done:07d}.png"
-            sample_images(run.nets, samples, grid, run.device)
+            sample_images(config, run.nets, samples, grid, run.device)
             run_logger.image(batches_done, grid)
         stopping = any_rank(stop.signum is not None, env, run.device) or (
             config.max_steps is not None and position.step >= config.max_steps)
@@ -405,22 +406,19 @@ def stop_run(run: Run, stop: StopSignals) -> Path:
     return run.run_dir
 
 
-def sample_images(nets: dict[str, nn.Module], batch: dict[str, torch.Tensor], path: Path, device: torch.device) -> None:
-    """A grid with rows real_A, G_AB(real_A), real_B, then G_BA(real_B) (CycleGAN) or G_AB(real_B)
-    (CUT's identity image; FastCUT's too, though it does not train on it)."""
-    G_AB, G_BA = nets["G_AB"], nets.get("G_BA")
-    with_identity = G_BA is None and batch["A"].size(1) == batch["B"].size(1)
-    generators = [G_AB] + ([G_BA] if G_BA is not None else [])
+def sample_images(config: TrainConfig, nets: dict[str, nn.Module], batch: dict[str, torch.Tensor], path: Path,
+                  device: torch.device) -> None:
+    """A grid of the rows the config's model shows (``Model.sample_rows``): real A, G_AB(A), real
+    B, then G_BA(B) (CycleGAN), G_AB(B) (CUT's identity image) or nothing more (pix2pix: B is the
+    paired truth); generators in eval mode, then back in train mode."""
+    model = get_model(config.model)
+    generators = [nets[name] for name in model.generators.values()]
     for G in generators:
         G.eval()
     with torch.no_grad():
         real_A = batch["A"].to(device)
         real_B = batch["B"].to(device)
-        images = [real_A, G_AB(real_A), real_B]
-        if G_BA is not None:
-            images.append(G_BA(real_B))
-        elif with_identity:
-            images.append(G_AB(real_B))
+        images = model.sample_rows(nets, real_A, real_B)
     for G in generators:
         G.train()
     n = real_A.size(0)
