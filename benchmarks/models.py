@@ -148,7 +148,7 @@ TASKS = {
 def write_report(path: Path, args: argparse.Namespace, rows: list[dict], results: list[dict],
                  device: torch.device) -> None:
     lines = [
-        "# CycleGAN, CUT, FastCUT and pix2pix (`--model`)" if rows else f"## The models on the {args.task} task",
+        "# CycleGAN, CUT, FastCUT and pix2pix (`--model`)" if args.task == "demo" else f"## The models on the {args.task} task",
         "",
         f"Made by `python benchmarks/models.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}` on "
         f"{time.strftime('%Y-%m-%d')}; machine: {machine(device)}.",

@@ -95,22 +95,28 @@ def test_two_processes_match_one_process_on_the_global_batch(data, tmp_path):
     assert (tmp_path / "run2" / "report.html").is_file()
 
 
-def test_cut_under_torchrun_keeps_every_rank_equal_at_every_step(data, tmp_path):
-    # Each rank samples its own patch locations (and FastCUT its own flips): the gradients are
-    # averaged, so the ranks stay equal, but a single process on the global batch samples others.
+@pytest.mark.parametrize("model, flags, networks", [
+    ("fastcut", ("--nce_layers", "0,4,7,10", "--num_patches", "16"), {"G_AB", "D_B", "F"}),
+    ("pix2pix", ("--netG", "resnet"), {"G_AB", "D_B"}),
+], ids=["fastcut", "pix2pix"])
+def test_one_generator_models_under_torchrun_keep_every_rank_equal_at_every_step(data, tmp_path, model, flags,
+                                                                                 networks):
+    # FastCUT: each rank samples its own patch locations and flips; pix2pix: its own dropout masks
+    # and batch-norm statistics. The gradients are averaged (and rank 0's buffers broadcast), so
+    # the ranks stay equal, but a single process on the global batch would draw others.
     dump = tmp_path / "dump"
     dump.mkdir()
-    result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--model", "fastcut", "--nce_layers", "0,4,7,10",
-                    "--num_patches", "16", "--n_epochs", "1", "--decay_epoch", "0", "--batch_size", "2",
-                    "--output", str(tmp_path / "run"), env={"DUMP_DIR": str(dump)})
+    result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--model", model, *flags, "--n_epochs", "1",
+                    "--decay_epoch", "0", "--batch_size", "2", "--output", str(tmp_path / "run"),
+                    env={"DUMP_DIR": str(dump)})
     assert result.returncode == 0, result.stderr[-3000:]
     for s in (1, 2):
         rank0, rank1 = torch.load(dump / f"rank0_step{s}.pt"), torch.load(dump / f"rank1_step{s}.pt")
-        assert set(rank0) == {"G_AB", "D_B", "F"}
+        assert set(rank0) == networks
         for name in rank0:
             assert torch.equal(rank0[name], rank1[name]), (s, name)
     states, _ = load_run_checkpoint(list_run_checkpoints(tmp_path / "run")[-1])
-    assert set(states) == {"G_AB", "D_B", "F"} and "mlps.0.0.weight" in states["F"]
+    assert set(states) == networks
 
 
 def test_resume_across_process_counts(data, tmp_path):

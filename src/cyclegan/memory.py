@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -58,6 +57,31 @@ def _run(children: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+class _Segment:
+    """One checkpointed segment's function: the first call (the forward) runs it as it is; a
+    call after that (backward's recomputation) runs it with its batch norms' running statistics
+    held, so that recomputing a segment does not count its batch twice."""
+
+    def __init__(self, children: Sequence[nn.Module]) -> None:
+        self.children = list(children)
+        self.norms = [m for child in self.children for m in child.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        self.recomputing = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.recomputing or not self.norms:
+            self.recomputing = True
+            return _run(self.children, x)
+        held = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in self.norms]
+        try:
+            return _run(self.children, x)
+        finally:
+            for m, mean, var, count in held:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 class CheckpointedSequential(nn.Sequential):
     """An ``nn.Sequential`` over the same children that runs them in segments, the checkpointed
     ones through ``torch.utils.checkpoint`` (while gradients are being recorded; otherwise, as
@@ -76,7 +100,7 @@ class CheckpointedSequential(nn.Sequential):
         for start, end, recompute in self.segments:
             part = children[start:end]
             if recompute and torch.is_grad_enabled():
-                x = checkpoint(functools.partial(_run, part), x, use_reentrant=False, preserve_rng_state=True)
+                x = checkpoint(_Segment(part), x, use_reentrant=False, preserve_rng_state=True)
             else:
                 x = _run(part, x)
         return x
