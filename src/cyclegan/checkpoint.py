@@ -36,6 +36,8 @@ from cyclegan.utils import ReplayBuffer, atomic_write, current_umask, fsync_dir,
 
 __all__ = [
     "checkpoint_path",
+    "flatten_networks",
+    "split_networks",
     "save_networks",
     "load_checkpoint",
     "load_state_dict_file",
@@ -70,16 +72,28 @@ def list_checkpoints(run_dir: str | os.PathLike[str]) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def flatten_networks(networks: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """The networks' state dicts as one flat mapping ``"<network>.<key>"`` -> tensor (on the CPU,
+    contiguous): what a checkpoint's safetensors file holds."""
+    return {f"{name}.{key}": value.detach().cpu().contiguous()
+            for name, net in networks.items() for key, value in net.state_dict().items()}
+
+
+def split_networks(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """``flatten_networks`` undone: ``{network: state dict}``."""
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        name, _, rest = key.partition(".")
+        states.setdefault(name, {})[rest] = value
+    return states
+
+
 def save_networks(
     path: str | os.PathLike[str], networks: Mapping[str, nn.Module], metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Write the networks' weights to ``path`` (safetensors, atomically). Metadata is stored as JSON."""
-    tensors: dict[str, torch.Tensor] = {}
-    for name, net in networks.items():
-        for key, value in net.state_dict().items():
-            tensors[f"{name}.{key}"] = value.detach().cpu().contiguous()
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
-    data = save_safetensors_bytes(tensors, metadata=meta)
+    data = save_safetensors_bytes(flatten_networks(networks), metadata=meta)
     path = Path(path)
     with atomic_write(path) as f:
         f.write(data)
@@ -102,11 +116,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[str, t
         metadata = {k: json.loads(v) for k, v in (header.get("__metadata__") or {}).items()}
     except (ValueError, TypeError, AttributeError) as exc:
         raise CycleGANError(f"checkpoint {path}: its metadata is damaged ({exc}); use another checkpoint") from exc
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        name, _, rest = key.partition(".")
-        states.setdefault(name, {})[rest] = value
-    return states, metadata
+    return split_networks(tensors), metadata
 
 
 def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -180,12 +190,7 @@ def save_run_checkpoint(
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=folder))
     tmp.chmod(0o777 & ~current_umask())  # renamed into place: the mode of a plain mkdir, not 0700
     try:
-        tensors = {
-            f"{name}.{key}": value.detach().cpu().contiguous()
-            for name, net in networks.items()
-            for key, value in net.state_dict().items()
-        }
-        _write_file(tmp / "networks.safetensors", save_safetensors_bytes(tensors))
+        _write_file(tmp / "networks.safetensors", save_safetensors_bytes(flatten_networks(networks)))
         buffer = io.BytesIO()
         torch.save(state, buffer)
         _write_file(tmp / "state.pt", buffer.getvalue())
@@ -241,10 +246,7 @@ def load_run_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, dict[st
         raise CycleGANError(f"checkpoint {path} is damaged or unsafe ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "step" not in state:
         raise CycleGANError(f"checkpoint {path} has no training state")
-    states: dict[str, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        name, _, rest = key.partition(".")
-        states.setdefault(name, {})[rest] = value
+    states = split_networks(tensors)
     try:
         names = model_of_saved(state.get("config")).network_names
     except CycleGANError as exc:

@@ -93,10 +93,13 @@ class Run:
     position: Position
 
 
-def train(config: TrainConfig, dataset_name_given: bool = True, explicit: set[str] | None = None) -> Path:
+def train(config: TrainConfig, explicit: set[str] | None = None) -> Path:
     """Train as the config says; returns the run folder. Raises ``TrainingStopped`` after a
     signal (having saved), ``TrainingDiverged`` on a non-finite loss, ``CycleGANError`` on bad input.
-    The run folder is locked (``runlock``) by rank 0 from before anything is written in it."""
+    ``explicit``: the options the user set (flags, ``--config``); None for a config built in code,
+    all of it meant (a ``dataset_name`` then names the data). The run folder is locked
+    (``runlock``) by rank 0 from before anything is written in it."""
+    dataset_name_given = explicit is None or "dataset_name" in explicit
     explicit = explicit or set()
     check_path_flags(config)
     if config.resume:
@@ -439,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             validate(config)
             print(describe(config), end="")
             return 0
-        train(config, dataset_name_given="dataset_name" in explicit, explicit=explicit)
+        train(config, explicit)
     except TrainingStopped as exc:
         log.warning("%s", exc)
         return exc.exit_code
