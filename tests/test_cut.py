@@ -201,14 +201,14 @@ def test_cut_end_to_end_train_translate_export_sample_and_the_missing_direction(
 
 @pytest.mark.parametrize("mode", ["blocks", "full"])
 def test_activation_checkpointing_leaves_the_cut_step_bit_identical(mode):
-    from cyclegan.memory import checkpoint_activations
+    from cyclegan.memory import recompute_activations
 
     config = small_config("--model", "cut")
     results = []
     for checkpointing in ("off", mode):
         torch.manual_seed(0)
         nets = build_networks(config)
-        checkpoint_activations(nets["G_AB"], checkpointing)
+        recompute_activations(nets["G_AB"], checkpointing)
         opts = build_optimizers(nets, config)
         real_A, real_B = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
         losses = [cut_train_step(nets, opts, real_A, real_B, NCESettings.of(config)) for _ in range(2)]

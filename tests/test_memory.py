@@ -12,7 +12,7 @@ from conftest import SMALL_RUN, write_images
 
 from cyclegan import memory
 from cyclegan import train as train_module
-from cyclegan.memory import CheckpointedSequential, checkpoint_activations, saved_activation_bytes
+from cyclegan.memory import RecomputedSequential, recompute_activations, saved_activation_bytes
 from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 from cyclegan.perf import prepare_networks, resolve_speed
@@ -53,7 +53,7 @@ def test_a_checkpointed_step_is_the_plain_step_bit_for_bit(generator, dropout, m
     config = TrainConfig(**GENERATORS[generator], use_dropout=dropout)
     plain_losses, plain, plain_rng = run_steps(config, "off")
     losses, nets, rng = run_steps(config, mode)
-    assert any(isinstance(m, CheckpointedSequential) for m in nets["G_AB"].modules())
+    assert any(isinstance(m, RecomputedSequential) for m in nets["G_AB"].modules())
     for got, want in zip(losses, plain_losses):
         for k in want:
             assert torch.equal(got[k], want[k]), k
@@ -68,7 +68,7 @@ def test_checkpointing_keeps_modules_parameters_and_keys():
     net = build_networks(config)["G_AB"]
     keys = list(net.state_dict())
     params = [id(p) for p in net.parameters()]
-    checkpoint_activations(net, "full")
+    recompute_activations(net, "full")
     assert list(net.state_dict()) == keys and [id(p) for p in net.parameters()] == params
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     reference = copy.deepcopy(net)
@@ -90,9 +90,9 @@ def test_auto_takes_full_when_the_step_would_not_fit(monkeypatch):
     config = TrainConfig(img_height=64, img_width=64, activation_checkpointing="auto")
     cpu = torch.device("cpu")
     monkeypatch.setattr(memory, "available_bytes", lambda device: 2**40)
-    assert memory.resolve_checkpointing(config, cpu) == "off"
+    assert memory.resolve_recompute(config, cpu) == "off"
     monkeypatch.setattr(memory, "available_bytes", lambda device: saved_activation_bytes(config, "off"))
-    assert memory.resolve_checkpointing(config, cpu) == "full"
+    assert memory.resolve_recompute(config, cpu) == "full"
 
 
 def test_running_out_of_memory_says_which_flag_and_size_would_fit(tmp_path, monkeypatch, caplog):
@@ -136,9 +136,9 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated(tmp_path,
 
 def test_unknown_modes_are_refused():
     with pytest.raises(ValueError, match="use off, blocks or full"):
-        checkpoint_activations(build_networks(TrainConfig(**GENERATORS["reference"]))["G_AB"], "most")
+        recompute_activations(build_networks(TrainConfig(**GENERATORS["reference"]))["G_AB"], "most")
 
 
 def test_bad_segments_are_refused():
     with pytest.raises(ValueError, match="do not cover"):
-        CheckpointedSequential([torch.nn.ReLU(), torch.nn.ReLU()], [(0, 1, True)])
+        RecomputedSequential([torch.nn.ReLU(), torch.nn.ReLU()], [(0, 1, True)])

@@ -208,7 +208,7 @@ def test_the_pix2pix_demo_learns_the_paired_mapping(tmp_path):
 @pytest.mark.parametrize("netG, mode", [("resnet", "blocks"), ("unet_128", "blocks"), ("unet_128", "full")])
 def test_activation_checkpointing_leaves_the_pix2pix_step_bit_identical(netG, mode):
     # Recomputed blocks redraw their dropout masks from the saved generator state: the same step.
-    from cyclegan.memory import checkpoint_activations
+    from cyclegan.memory import recompute_activations
 
     size = "128" if netG == "unet_128" else "32"
     config = tiny_config("--netG", netG, "--img_height", size, "--img_width", size)
@@ -216,7 +216,7 @@ def test_activation_checkpointing_leaves_the_pix2pix_step_bit_identical(netG, mo
     for checkpointing in ("off", mode):
         torch.manual_seed(0)
         nets = build_networks(config)
-        checkpoint_activations(nets["G_AB"], checkpointing)
+        recompute_activations(nets["G_AB"], checkpointing)
         opts = build_optimizers(nets, config)
         g = torch.Generator().manual_seed(1)
         batches = [(torch.rand(1, 3, int(size), int(size), generator=g) * 2 - 1,

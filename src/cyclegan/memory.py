@@ -1,5 +1,8 @@
-"""What a training step keeps in memory, and how to keep less: activation checkpointing for
-the generators, the estimate of a step's activation memory, and the advice when a GPU runs out.
+"""What a training step keeps in memory, and how to keep less: recomputing the generators'
+activations in backward (the flag keeps the common name, ``--activation_checkpointing``; the code
+says *recompute*, so that it is never confused with checkpoint files: ``recompute_activations``,
+``RecomputedSequential``, ``resolve_recompute``), the estimate of a step's activation memory,
+and the advice when a GPU runs out.
 
 ``--activation_checkpointing``:
 
@@ -39,13 +42,13 @@ from cyclegan.options import TrainConfig
 from cyclegan.registry import build_networks, get_model
 from cyclegan.runtime import available_bytes
 
-__all__ = ["CHECKPOINTING_MODES", "CheckpointedSequential", "checkpoint_activations", "saved_activation_bytes",
+__all__ = ["RECOMPUTE_MODES", "RecomputedSequential", "recompute_activations", "saved_activation_bytes",
            "step_on_meta",
-           "weight_bytes", "check_fits", "resolve_checkpointing", "memory_advice", "out_of_memory_advice"]
+           "weight_bytes", "check_fits", "resolve_recompute", "memory_advice", "out_of_memory_advice"]
 
 log = logging.getLogger("cyclegan.train")
 
-CHECKPOINTING_MODES = ("off", "blocks", "full", "auto")
+RECOMPUTE_MODES = ("off", "blocks", "full", "auto")
 BLOCKS = (ResidualBlock, ResnetBlock)
 
 Segment = tuple[int, int, bool]  # children [start, end), recomputed in backward or not
@@ -82,7 +85,7 @@ class _Segment:
                 m.num_batches_tracked.copy_(count)
 
 
-class CheckpointedSequential(nn.Sequential):
+class RecomputedSequential(nn.Sequential):
     """An ``nn.Sequential`` over the same children that runs them in segments, the checkpointed
     ones through ``torch.utils.checkpoint`` (while gradients are being recorded; otherwise, as
     in sampling and inference, it runs like a plain Sequential). Its children keep their names,
@@ -141,7 +144,7 @@ def _unet_segments(children: Sequence[nn.Module]) -> list[Segment]:
     return [(0, len(children), True)]
 
 
-def checkpoint_activations(net: nn.Module, mode: str) -> nn.Module:
+def recompute_activations(net: nn.Module, mode: str) -> nn.Module:
     """Make ``net`` recompute activations in backward as ``mode`` says (``off``, ``blocks`` or
     ``full``), in place; returns ``net``. Generators only: anything else is left as it is."""
     if mode not in ("off", "blocks", "full"):
@@ -151,10 +154,10 @@ def checkpoint_activations(net: nn.Module, mode: str) -> nn.Module:
     for module in list(net.modules()):
         if isinstance(module, (GeneratorResNet, ResnetGenerator)) and type(module.model) is nn.Sequential:
             children = list(module.model)
-            module.model = CheckpointedSequential(children, _resnet_segments(children, mode))
+            module.model = RecomputedSequential(children, _resnet_segments(children, mode))
         elif isinstance(module, UnetSkipConnectionBlock) and type(module.model) is nn.Sequential:
             children = list(module.model)
-            module.model = CheckpointedSequential(children, _unet_segments(children))
+            module.model = RecomputedSequential(children, _unet_segments(children))
     return net
 
 
@@ -212,7 +215,7 @@ def step_on_meta(config: TrainConfig, batch_size: int | None = None, mode: str =
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         nets = model.build_networks(config)
         for net in nets.values():
-            checkpoint_activations(net, mode)
+            recompute_activations(net, mode)
         real_A = torch.zeros(n, config.channels_A, config.img_height, config.img_width)
         real_B = torch.zeros(n, config.channels_B, config.img_height, config.img_width)
         optimizers: Any = {k: _NoOptimizer() for k in ("G", "D_A", "D_B", "F")}
@@ -247,7 +250,7 @@ def check_fits(config: TrainConfig, device: torch.device, mode: str) -> None:
         )
 
 
-def resolve_checkpointing(config: TrainConfig, device: torch.device) -> str:
+def resolve_recompute(config: TrainConfig, device: torch.device) -> str:
     """The mode a run uses: ``auto`` becomes ``full`` when the plain step's estimated activation
     memory (with a margin for everything else a step holds) would not fit, else ``off``."""
     mode = config.activation_checkpointing

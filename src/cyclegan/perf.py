@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.memory import checkpoint_activations, step_on_meta
+from cyclegan.memory import recompute_activations, step_on_meta
 
 __all__ = ["Speed", "resolve_speed", "prepare_networks", "exact_fast_layers", "subpixel_upsample_convs",
            "UpsampleConv2d", "matmul_peak_gflops", "step_flops"]
@@ -202,16 +202,16 @@ def subpixel_upsample_convs(net: nn.Module) -> nn.Module:
 
 
 def prepare_networks(nets: dict[str, torch.nn.Module], speed: Speed, device: torch.device,
-                     checkpointing: str = "off") -> None:
+                     recompute: str = "off") -> None:
     """Move ``nets`` to ``device`` in the layout of ``speed``, in place, with the layers of
     ``subpixel_upsample_convs`` and ``exact_fast_layers`` and the ``--activation_checkpointing``
-    mode (``memory.checkpoint_activations``); compile them if asked (in place too: the modules,
+    mode (``memory.recompute_activations``); compile them if asked (in place too: the modules,
     parameters and state-dict keys stay as they are). Build the optimizers before or after: the
     parameters stay the same objects."""
     for net in nets.values():
         subpixel_upsample_convs(net)
         exact_fast_layers(net)
-        checkpoint_activations(net, checkpointing)
+        recompute_activations(net, recompute)
         net.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
     if speed.compile:
         for net in nets.values():

@@ -46,7 +46,7 @@ from cyclegan.errors import BadImageError, CycleGANError, TrainingDiverged, Trai
 from cyclegan.images import make_grid, save_image
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
 from cyclegan.logger import NullLogger, Progress, make_logger
-from cyclegan.memory import check_fits, out_of_memory_advice, resolve_checkpointing
+from cyclegan.memory import check_fits, out_of_memory_advice, resolve_recompute
 from cyclegan.options import TrainConfig, check_path_flags, describe, get_args_parser, parse_config, validate
 from cyclegan.perf import Speed, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops
 from cyclegan.registry import build_networks, get_model
@@ -83,7 +83,7 @@ class Run:
     env: DistEnv
     device: torch.device
     speed: Speed
-    checkpointing: str  # the --activation_checkpointing mode in use (auto resolved)
+    recompute: str  # the --activation_checkpointing mode in use (auto resolved)
     nets: dict[str, nn.Module]  # as built: what is saved and sampled
     trained: dict[str, nn.Module]  # what the step calls (DistributedDataParallel under torchrun)
     optimizers: dict[str, torch.optim.Optimizer]
@@ -192,11 +192,11 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     run, on ``device``; a resumed run's state loaded into them."""
     config = start.config
     speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
-    checkpointing = resolve_checkpointing(config, device)
-    check_fits(config, device, checkpointing)
+    recompute = resolve_recompute(config, device)
+    check_fits(config, device, recompute)
     nets = build_networks(config)
     load_networks(nets, start)
-    prepare_networks(nets, speed, device, checkpointing)
+    prepare_networks(nets, speed, device, recompute)
     optimizers = build_optimizers(nets, config)
     trained = {name: wrap(net, env, device) for name, net in nets.items()}
     scaler = torch.amp.GradScaler(device.type) if speed.amp_dtype is torch.float16 else None
@@ -205,7 +205,7 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     position = Position(epoch=config.epoch)
     if start.state is not None:
         position = restore_training_state(start, optimizers, schedulers, buffers, scaler, device)
-    return Run(config, start.run_dir, env, device, speed, checkpointing, nets, trained, optimizers, schedulers, buffers,
+    return Run(config, start.run_dir, env, device, speed, recompute, nets, trained, optimizers, schedulers, buffers,
                scaler, position)
 
 
@@ -299,7 +299,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
             losses = run_step(config, run.trained, run.optimizers, run.buffers, real_A, real_B,
                               amp_dtype=run.speed.amp_dtype, scaler=run.scaler)
         except torch.cuda.OutOfMemoryError as exc:
-            raise out_of_memory_advice(config, run.device, run.checkpointing) from exc
+            raise out_of_memory_advice(config, run.device, run.recompute) from exc
         values = {k: float(v) for k, v in losses.items()}
         stop_if_diverged(run, values, batch, epoch, i)
         position.step += 1
