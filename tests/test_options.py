@@ -403,3 +403,19 @@ def test_config_file_keys_and_on_off_flags_are_the_parsers():
             (takes_value if m.group(2) else switches).add(m.group(1)[2:])
     assert takes_value | switches == set(CONFIG_FILE_KEYS) | {"help", "config", "print_config", "debug"}
     assert switches == set(BOOLEAN_FLAGS) | {"help", "print_config", "debug"}
+
+
+@pytest.mark.parametrize("policy", ["linear", "step", "cosine"])
+def test_lr_factor_is_what_the_schedulers_give(policy):
+    # One function of policy, epoch and config: a resumed run with changed flags recomputes its
+    # rate from it, and it must agree with the schedulers the run steps.
+    from cyclegan.step import lr_factor
+
+    config = TrainConfig(lr_policy=policy, n_epochs=12, decay_epoch=6, lr_decay_iters=4, lr=0.001)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    sched = build_schedulers({"G": opt}, config)
+    for epoch in range(12):
+        assert opt.param_groups[0]["lr"] == pytest.approx(config.lr * lr_factor(config, epoch), rel=1e-9, abs=1e-15)
+        opt.step()
+        step_schedulers(sched, 0.0)
+    assert lr_factor(TrainConfig(lr_policy="plateau"), 3) is None

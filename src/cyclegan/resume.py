@@ -6,7 +6,6 @@ checkpoint records for it."""
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,8 @@ from cyclegan.checkpoint import (
 )
 from cyclegan.errors import CycleGANError
 from cyclegan.options import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, TrainConfig, saved_fields
-from cyclegan.utils import LambdaLR, ReplayBuffer
+from cyclegan.step import lr_factor
+from cyclegan.utils import ReplayBuffer
 
 __all__ = ["Start", "resume_run_dir", "resume_point", "restart_point", "check_run_dir", "prepare_run_dir",
            "check_same_architecture", "training_state", "restore_training_state", "SCHEDULE_FIELDS"]
@@ -180,19 +180,16 @@ def apply_schedule_changes(optimizers: dict[str, torch.optim.Optimizer], schedul
     for name, opt in optimizers.items():
         sched = schedulers[name]
         epoch = getattr(sched, "last_epoch", 0)
+        if config.lr_policy == "step":
+            sched.step_size = config.lr_decay_iters
+        elif config.lr_policy == "cosine":
+            sched.T_max = config.n_epochs
+        factor = lr_factor(config, epoch)
         for group in opt.param_groups:
             group["betas"] = (config.b1, config.b2)
             group["initial_lr"] = config.lr
-            if config.lr_policy == "linear":
-                group["lr"] = config.lr * LambdaLR(config.n_epochs, config.epoch, config.decay_epoch).step(epoch)
-            elif config.lr_policy == "step":
-                sched.step_size = config.lr_decay_iters
-                group["lr"] = config.lr * 0.1 ** (epoch // config.lr_decay_iters)
-            elif config.lr_policy == "cosine":
-                sched.T_max = config.n_epochs
-                group["lr"] = config.lr * (1 + math.cos(math.pi * min(epoch, config.n_epochs) / config.n_epochs)) / 2
-            else:  # plateau: keep its reductions, rescaled to the new base rate
-                group["lr"] = group["lr"] * config.lr / old_lr
+            # plateau (no factor): keep its reductions, rescaled to the new base rate
+            group["lr"] = config.lr * factor if factor is not None else group["lr"] * config.lr / old_lr
         if hasattr(sched, "base_lrs"):
             sched.base_lrs = [config.lr] * len(opt.param_groups)
 

@@ -9,6 +9,7 @@ with them: ``cyclegan_model.train_step``, ``cut_model.cut_train_step``,
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -21,7 +22,7 @@ from cyclegan.options import TrainConfig
 from cyclegan.registry import get_model
 from cyclegan.utils import LambdaLR, ReplayBuffer
 
-__all__ = ["adam", "build_optimizers", "build_schedulers", "step_schedulers", "batches_generator_calls",
+__all__ = ["adam", "build_optimizers", "lr_factor", "build_schedulers", "step_schedulers", "batches_generator_calls",
            "train_step", "NCESettings", "nce_loss", "cut_train_step", "run_step"]
 
 
@@ -32,11 +33,26 @@ def build_optimizers(nets: dict[str, nn.Module], config: TrainConfig) -> dict[st
     return get_model(config.model).build_optimizers(nets, config)
 
 
+def lr_factor(config: TrainConfig, epoch: int) -> float | None:
+    """The fraction of ``--lr`` that ``--lr_policy`` gives at scheduler epoch ``epoch`` (the
+    epochs stepped since the run's ``--epoch``): ``linear`` the reference's ``LambdaLR``, ``step``
+    a tenth every ``--lr_decay_iters`` epochs, ``cosine`` half a cosine over ``--n_epochs``; None
+    for ``plateau``, whose rate follows the losses. The schedulers (``build_schedulers``) and a
+    resumed run's changed flags (``resume.apply_schedule_changes``) both read it."""
+    if config.lr_policy == "linear":
+        return LambdaLR(config.n_epochs, config.epoch, config.decay_epoch).step(epoch)
+    if config.lr_policy == "step":
+        return 0.1 ** (epoch // config.lr_decay_iters)
+    if config.lr_policy == "cosine":
+        return (1 + math.cos(math.pi * min(epoch, config.n_epochs) / config.n_epochs)) / 2
+    return None
+
+
 def build_schedulers(optimizers: dict[str, torch.optim.Optimizer], config: TrainConfig) -> dict[str, Any]:
     """One scheduler per optimizer for ``--lr_policy``, positioned at ``--epoch``; stepped per epoch."""
     schedulers: dict[str, Any] = {}
     for name, opt in optimizers.items():
-        if config.lr_policy == "linear":
+        if config.lr_policy == "linear":  # lr_factor's rule, as the reference's LambdaLR object
             rule = LambdaLR(config.n_epochs, config.epoch, config.decay_epoch)
             schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=rule.step)
             continue
