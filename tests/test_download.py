@@ -146,10 +146,19 @@ def test_a_dataset_downloads_extracts_and_trains(tmp_path, server):
     assert again.returncode == 0 and "already there" in again.stderr
 
 
-def test_train_names_the_download_command_for_a_missing_official_dataset(tmp_path):
+def test_train_names_the_download_command_for_a_missing_official_dataset(tmp_path, monkeypatch, caplog):
     result = run_cli("train", "--dataset_name", "apple2orange", *SMALL_RUN, cwd=tmp_path)
     assert result.returncode == 2
     assert "cyclegan download dataset apple2orange" in result.stderr and "Traceback" not in result.stderr
+    # A name both families have: pix2pix is pointed to its own (paired) archive.
+    from cyclegan import train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    assert train_module.main(["--model", "pix2pix", "--dataset_name", "facades", *SMALL_RUN, "--netG", "resnet"]) == 2
+    assert "cyclegan download dataset pix2pix/facades" in caplog.text
+    caplog.clear()
+    assert train_module.main(["--dataset_name", "facades", *SMALL_RUN]) == 2
+    assert "cyclegan download dataset facades'" in caplog.text
 
 
 def test_an_interrupted_download_resumes_with_a_range_request(tmp_path, server):

@@ -58,10 +58,15 @@ def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None
                  "reference's default dataset)", root, zoo.download_dataset_hint(config.dataset_name))
         config.dataset_name = datasets.DEMO_DATASET
         return None
-    if config.dataset_name in zoo.DATASETS:
+    # A paired model wants the pix2pix archive of a name both families have (facades, maps).
+    paired = get_model(config.model).paired
+    entry = zoo.find_dataset(f"pix2pix/{config.dataset_name}" if paired else config.dataset_name) or \
+        zoo.find_dataset(config.dataset_name)
+    if entry is not None:
+        name = entry.qualified if zoo.find_dataset(config.dataset_name) != entry else entry.name
         raise CycleGANError(
-            f"--dataset_name {config.dataset_name}: {root} does not exist; it is an official dataset: fetch it with "
-            f"'{zoo.download_dataset_hint(config.dataset_name)}' (or give its folder with --dataroot)"
+            f"--dataset_name {config.dataset_name}: {root} does not exist; it is an official {entry.family} dataset: "
+            f"fetch it with '{zoo.download_dataset_hint(name)}' (or give its folder with --dataroot)"
         )
     raise CycleGANError(
         f"--dataset_name {config.dataset_name}: {root} does not exist; put the dataset there "
