@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import logging
 import tarfile
 from pathlib import Path
 
@@ -219,11 +220,20 @@ def test_pix2pix_datasets_download_in_the_aligned_layout(tmp_path, server, monke
     monkeypatch.chdir(tmp_path)
     server.files["/datasets/facades.tar.gz"] = pix2pix_tar("facades")
     server.files["/datasets/edges2shoes.tar.gz"] = pix2pix_tar("edges2shoes", ("train", "val"))
+    caplog.set_level(logging.INFO)
     assert download.main(["dataset", "pix2pix/facades", "--base_url", server.url]) == 0
     data = tmp_path / "data"
     assert leftovers(data) == ["facades"]  # no archive, no temporary folder
     assert leftovers(data / "facades") == ["test", "train", "val"]
     assert (data / "facades" / "train" / "1.jpg").read_bytes() == jpeg_bytes(0, size=(64, 32))
+    # The recipe the download prints trains pix2pix on the aligned pairs as they arrived.
+    assert "cyclegan train --model pix2pix --dataroot data/facades" in caplog.text
+    from cyclegan import train as train_module
+
+    assert train_module.main(["--model", "pix2pix", "--dataroot", "data/facades", "--output", "runs/facades",
+                              "--netG", "resnet", "--n_residual_blocks", "1", "--ngf", "8", "--ndf", "8",
+                              "--img_height", "32", "--img_width", "32", "--n_cpu", "0", "--max_steps", "1",
+                              "--logger", "none"]) == 0
     # A bare name that only pix2pix has; the archive kept under its own name.
     assert download.main(["dataset", "edges2shoes", "--base_url", server.url, "--keep_archive"]) == 0
     assert leftovers(data) == ["edges2shoes", "edges2shoes.tar.gz", "facades"]

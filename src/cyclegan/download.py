@@ -205,8 +205,9 @@ def download_dataset(name: str, root: Path, base: str | None = None, keep_archiv
         os.replace(archive, kept)
         log.info("kept the archive as %s", kept)
     if entry.family == "pix2pix":
-        log.info("%s is ready: aligned pairs (A left, B right in each image) in %s", target,
-                 ", ".join(sorted(p.name for p in target.iterdir() if p.is_dir())))
+        log.info("%s is ready: aligned pairs (A left, B right in each image) in %s; train on them with: cyclegan "
+                 "train --model pix2pix --dataroot %s", target,
+                 ", ".join(sorted(p.name for p in target.iterdir() if p.is_dir())), target)
     else:
         log.info("%s is ready: cyclegan train --dataset_name %s%s", target, name,
                  "" if root == Path("data") else f" --dataroot {target}")
