@@ -9,7 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from cyclegan.checkpoint import checkpoint_path, save_networks
+from cyclegan.options import TrainConfig
+from cyclegan.registry import build_networks
 
 
 def write_images(folder: Path, count: int, size=(40, 36), seed: int = 0, suffix: str = ".png") -> list[Path]:
@@ -52,3 +57,13 @@ SMALL_RUN = (
     "--img_height", "32", "--img_width", "32", "--n_residual_blocks", "1", "--ngf", "16", "--ndf", "16",
     "--n_cpu", "0", "--seed", "0",
 )
+
+
+@pytest.fixture
+def tiny_run(tmp_path: Path) -> Path:
+    """A run folder with an epoch checkpoint of small networks (as training writes it)."""
+    torch.manual_seed(0)
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=8, ndf=8)
+    run = tmp_path / "run"
+    save_networks(checkpoint_path(run, 1), build_networks(config), {"epoch": 1, "config": config.to_json()})
+    return run

@@ -79,16 +79,6 @@ def smooth_image(path: Path, size: tuple[int, int], seed: int, mode: str = "RGB"
     return path
 
 
-@pytest.fixture
-def tiny_run(tmp_path: Path) -> Path:
-    """A run folder with an epoch checkpoint of small networks (as training writes it)."""
-    torch.manual_seed(0)
-    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=8, ndf=8)
-    run = tmp_path / "run"
-    save_networks(checkpoint_path(run, 1), build_networks(config), {"epoch": 1, "config": config.to_json()})
-    return run
-
-
 @pytest.mark.parametrize("n_blocks", [6, 9])
 def test_official_pretrained_generator_file_translates_exactly(tmp_path, n_blocks):
     torch.manual_seed(n_blocks)

@@ -21,21 +21,11 @@ from PIL import Image
 
 from cyclegan import train as train_module
 from cyclegan import translate as translate_module
-from cyclegan.checkpoint import checkpoint_path, save_networks
+from cyclegan.checkpoint import checkpoint_path
 from cyclegan.inference import load_generator, translate_image
 from cyclegan.logger import RunLogger, cut_metrics, read_metrics
-from cyclegan.registry import build_networks
 from cyclegan.options import TrainConfig
 from cyclegan.runlock import LOCK_NAME, hold_run_folder
-
-
-@pytest.fixture
-def tiny_run(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=8, ndf=8)
-    run = tmp_path / "run"
-    save_networks(checkpoint_path(run, 1), build_networks(config), {"epoch": 1, "config": config.to_json()})
-    return run
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (24, 20)) -> Path:

@@ -34,6 +34,7 @@ from cyclegan.images import list_images, load_image, to_unit_tensor
 __all__ = [
     "DEMO_DATASET",
     "ImageDataset",
+    "compose_transforms",
     "Compose",
     "ResizeCover",
     "RandomCrop",
@@ -268,6 +269,20 @@ def test_transforms(height: int, width: int, channels: int = 3) -> list[Callable
 # The dataset
 
 
+def compose_transforms(transforms_: Any, channels: int) -> Callable[[Any], Any]:
+    """``transforms_`` (a list of callables, one callable, or None for ToTensor and Normalize) as
+    one callable whose final ``Normalize`` fits ``channels``: one transform list serves an RGB A
+    and a grey B."""
+    if transforms_ is None:
+        return Compose([ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)])
+    if isinstance(transforms_, (list, tuple)):
+        steps = list(transforms_)
+        if steps and isinstance(steps[-1], Normalize) and steps[-1].mean.numel() != channels:
+            steps[-1] = Normalize((0.5,) * channels, (0.5,) * channels)
+        return Compose(steps)
+    return transforms_
+
+
 class ImageDataset(Dataset):
     """Unpaired images of two domains: item ``i`` is image ``i`` of A and, when ``unaligned``, a
     random image of B (else image ``i`` of B); the length is that of the larger domain.
@@ -297,7 +312,7 @@ class ImageDataset(Dataset):
             if c not in (1, 3):
                 raise CycleGANError(f"--channels must be 1 or 3, got {c}")
         self.transform_A, self.transform_B = (
-            self._compose(transforms_, c) for c in (channels, channels_B)
+            compose_transforms(transforms_, c) for c in (channels, channels_B)
         )
         self.unaligned = unaligned
         self.mode = mode
@@ -310,17 +325,6 @@ class ImageDataset(Dataset):
         self.dir_A, self.dir_B = dir_A, dir_B
         self.files_A = list_images(self.dir_A)[:max_dataset_size]
         self.files_B = list_images(self.dir_B)[:max_dataset_size]
-
-    @staticmethod
-    def _compose(transforms_: Any, channels: int) -> Callable[[Any], Any]:
-        if transforms_ is None:
-            return Compose([ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)])
-        if isinstance(transforms_, (list, tuple)):
-            steps = list(transforms_)
-            if steps and isinstance(steps[-1], Normalize) and steps[-1].mean.numel() != channels:
-                steps[-1] = Normalize((0.5,) * channels, (0.5,) * channels)
-            return Compose(steps)
-        return transforms_
 
     def __len__(self) -> int:
         return max(len(self.files_A), len(self.files_B))

@@ -30,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from cyclegan.datasets import Compose, Normalize, ToTensor, find_domain_dirs, sample_seed
+from cyclegan.datasets import compose_transforms, find_domain_dirs, sample_seed
 from cyclegan.errors import BadImageError, CycleGANError
 from cyclegan.images import IMG_EXTENSIONS, convert_image, list_images, open_image
 
@@ -143,7 +143,7 @@ class PairedDataset(Dataset):
                 raise CycleGANError(f"--channels must be 1 or 3, got {c}")
         if direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
-        self.transform_A, self.transform_B = (_compose(transforms_, c) for c in (channels, channels_B))
+        self.transform_A, self.transform_B = (compose_transforms(transforms_, c) for c in (channels, channels_B))
         self.mode, self.direction = mode, direction
         self.channels, self.channels_B = channels, channels_B
         self.layout = require_paired(root, mode)
@@ -204,19 +204,6 @@ class PairedDataset(Dataset):
         left, right = (0, 0, w // 2, h), (w // 2, 0, w, h)
         box_A, box_B = (right, left) if self.direction == "BtoA" else (left, right)
         return whole[self.channels].crop(box_A), whole[self.channels_B].crop(box_B)
-
-
-def _compose(transforms_: Any, channels: int) -> Callable[[Any], Any]:
-    """``transforms_`` as one callable whose final ``Normalize`` fits ``channels`` (as
-    ``ImageDataset`` does: one transform list serves an RGB A and a grey B)."""
-    if transforms_ is None:
-        return Compose([ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)])
-    if isinstance(transforms_, (list, tuple)):
-        steps = list(transforms_)
-        if steps and isinstance(steps[-1], Normalize) and steps[-1].mean.numel() != channels:
-            steps[-1] = Normalize((0.5,) * channels, (0.5,) * channels)
-        return Compose(steps)
-    return transforms_
 
 
 def _seeded(transform: Callable[[Any], Any], img: Image.Image, seed: int) -> torch.Tensor:
