@@ -7,10 +7,13 @@ The names users of the reference code know live where they expect them:
 """
 
 from cyclegan.errors import CycleGANError
+from cyclegan.runtime import settle_vector_math
 from cyclegan.models import Discriminator, GeneratorResNet, ResidualBlock, weights_init_normal
 from cyclegan.utils import LambdaLR, ReplayBuffer
 
 __version__ = "0.1.0"
+
+settle_vector_math()  # before any computation whose bits a run keeps (see its docstring)
 
 __all__ = [
     "CycleGANError",

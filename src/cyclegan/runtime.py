@@ -24,7 +24,7 @@ import torch
 from cyclegan.errors import CycleGANError
 
 __all__ = ["resolve_device", "available_bytes", "setup_logging", "add_debug_flag", "split_debug", "report_failure",
-           "run_command", "StopSignals", "format_eta"]
+           "run_command", "StopSignals", "format_eta", "settle_vector_math"]
 
 log = logging.getLogger("cyclegan")
 
@@ -36,6 +36,35 @@ def resolve_device(name: str) -> torch.device:
             raise CycleGANError("--device cuda: no CUDA device is available here; use --device cpu or auto")
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+# The element-wise functions torch hands to Intel MKL's vector math library (VML) on the CPU.
+_VML_FUNCTIONS = ("tanh", "exp", "log", "log2", "log10", "log1p", "expm1", "sqrt", "sin", "cos", "tan", "asin",
+                  "acos", "atan", "erf", "erfc", "erfinv", "trunc")
+_vector_math_settled = False
+
+
+def settle_vector_math() -> None:
+    """Call each of MKL's vector math functions once, first in one thread, then in all of them,
+    and throw the results away; done once per process, when ``cyclegan`` is imported.
+
+    torch splits a float tensor of more than 2048 elements between its threads and each thread
+    calls MKL on its part. The first such call in a process, when two threads arrive at once,
+    sometimes computes one thread's part by another, less exact route (about 1 in 10 training
+    runs on a loaded 2-core machine: half of the generator's first ``tanh`` off by up to 1e-4).
+    The run then differs from every other run with the same seed, and a resumed run from the
+    straight one. Later calls are exact; this makes sure no result of a run's is a first call."""
+    global _vector_math_settled
+    if _vector_math_settled:
+        return
+    _vector_math_settled = True
+    with torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            one_thread = torch.linspace(0.1, 0.9, 64, dtype=dtype)  # under torch's grain: the calling thread
+            all_threads = torch.linspace(0.1, 0.9, 4096 * max(torch.get_num_threads(), 2), dtype=dtype)
+            for x in (one_thread, all_threads):
+                for name in _VML_FUNCTIONS:
+                    getattr(torch, name)(x)
 
 
 def setup_logging() -> None:
