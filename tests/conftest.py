@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -49,6 +52,36 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subpro
         [sys.executable, "-m", "cyclegan", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def run_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``cyclegan ARGS`` in this process, as ``run_cli`` runs it in a new one, without the second
+    and a half a new Python takes to import torch: its exit status, its stdout, and its stderr with
+    the log lines in it. For the tests of what a command does; those of what a process does
+    (signals, exit statuses of the interpreter, the console script) use ``run_cli``."""
+    from cyclegan.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's refusals and --help
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    finally:
+        os.chdir(here)
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return subprocess.CompletedProcess(["cyclegan", *args], code, out.getvalue(), err.getvalue())
 
 
 # Narrow networks (16 filters where the reference has 64): what these runs test does not depend on

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_RUN, run_cli
+from conftest import SMALL_RUN, run_here
 
 from cyclegan.checkpoint import load_checkpoint
 from cyclegan.inference import load_generator
@@ -166,7 +166,7 @@ def test_model_presets_and_refusals():
 
 def test_cut_end_to_end_train_translate_export_sample_and_the_missing_direction(image_folders, tmp_path):
     run = tmp_path / "cut"
-    result = run_cli("train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, *CUT_SMALL,
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, *CUT_SMALL,
                      "--model", "cut", "--n_epochs", "2", "--decay_epoch", "1", "--sample_interval", "4")
     assert result.returncode == 0, result.stderr
     assert "nce" in result.stderr and "nce_identity" in result.stderr
@@ -177,15 +177,15 @@ def test_cut_end_to_end_train_translate_export_sample_and_the_missing_direction(
     assert len(list((run / "samples").glob("*.png"))) == 2  # batches 0 and 4
     assert (run / "report.html").is_file()
     out = tmp_path / "out"
-    translated = run_cli("translate", "--checkpoint", str(run), "--input", str(image_folders / "test" / "A"),
+    translated = run_here("translate", "--checkpoint", str(run), "--input", str(image_folders / "test" / "A"),
                          "--output", str(out))
     assert translated.returncode == 0, translated.stderr
     assert len(list(out.glob("*.png"))) == 2
-    refused = run_cli("translate", "--checkpoint", str(run), "--direction", "BtoA", "--input",
+    refused = run_here("translate", "--checkpoint", str(run), "--direction", "BtoA", "--input",
                       str(image_folders / "test" / "A"), "--output", str(tmp_path / "none"))
     assert refused.returncode != 0 and "--model cut run, which translates AtoB only" in refused.stderr
     assert not (tmp_path / "none").exists()
-    exported = run_cli("export", "--checkpoint", str(run), "--format", "torchscript", "--output",
+    exported = run_here("export", "--checkpoint", str(run), "--format", "torchscript", "--output",
                        str(tmp_path / "g.pt"))
     assert exported.returncode == 0, exported.stderr
     # serve's translator offers the one direction there is.
@@ -236,11 +236,10 @@ def test_patchnce_learns_to_find_each_patch_on_the_demo_data(tmp_path, model):
     loss of features that cannot tell P locations apart, where a broken patch correspondence
     stays (calibration: docs/benchmarks.md, "The CUT learning test")."""
     run = tmp_path / model
-    result = run_cli("train", "--dataset_name", "demo", "--output", str(run), "--model", model, "--img_height", "32",
+    result = run_here("train", "--dataset_name", "demo", "--output", str(run), "--model", model, "--img_height", "32",
                      "--img_width", "32", "--ngf", "16", "--ndf", "16", "--n_residual_blocks", "1", "--nce_layers",
                      "0,4,7,10", "--num_patches", "64", "--n_epochs", "1", "--decay_epoch", "0", "--n_cpu", "0",
-                     "--seed", "0", "--log_interval", "1", "--logger", "none", "--sample_interval", "1000",
-                     timeout=600)
+                     "--seed", "0", "--log_interval", "1", "--logger", "none", "--sample_interval", "1000")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     weight = 1.0 if model == "cut" else 10.0

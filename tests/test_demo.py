@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-from conftest import run_cli
+from conftest import run_here
 
 from cyclegan.checkpoint import load_checkpoint
 
 
 def test_demo_learns_the_hidden_mapping(tmp_path):
     run = tmp_path / "demo"
-    result = run_cli("demo", "--output", str(run), "--n_epochs", "1", "--device", "cpu", timeout=600)
+    result = run_here("demo", "--output", str(run), "--n_epochs", "1", "--device", "cpu")
     assert result.returncode == 0, result.stderr
     scores = json.loads((run / "demo_results.json").read_text())
     # The identity baseline is the input itself; the mean-of-B baseline is what a generator that
@@ -29,6 +29,6 @@ def test_demo_learns_the_hidden_mapping(tmp_path):
 def test_demo_refuses_a_folder_that_is_not_a_demo(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("precious")
-    result = run_cli("demo", "--output", str(tmp_path / "mine"))
+    result = run_here("demo", "--output", str(tmp_path / "mine"))
     assert result.returncode == 2 and "does not hold a demo run" in result.stderr
     assert (tmp_path / "mine" / "thesis.txt").read_text() == "precious"

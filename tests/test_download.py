@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_RUN, run_cli
+from conftest import SMALL_RUN, run_here
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -130,24 +130,24 @@ def leftovers(folder: Path) -> list[str]:
 
 def test_a_dataset_downloads_extracts_and_trains(tmp_path, server):
     server.files["/datasets/horse2zebra.zip"] = dataset_zip("horse2zebra")
-    result = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    result = run_here("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     data = tmp_path / "data"
     assert leftovers(data) == ["horse2zebra"]  # no archive, no temporary folder
     assert sorted(p.name for p in (data / "horse2zebra").iterdir()) == ["testA", "testB", "trainA", "trainB"]
     assert len(list((data / "horse2zebra" / "trainA").iterdir())) == 4
     # the recipe: train --dataset_name reads it
-    train = run_cli("train", "--dataset_name", "horse2zebra", *SMALL_RUN, "--max_steps", "2", "--logger", "none",
+    train = run_here("train", "--dataset_name", "horse2zebra", *SMALL_RUN, "--max_steps", "2", "--logger", "none",
                     cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     assert "training on data/horse2zebra (4 images in A, 4 in B)" in train.stderr
     # a second call finds it complete and fetches nothing
-    again = run_cli("download", "dataset", "horse2zebra", "--base_url", "http://127.0.0.1:9", cwd=tmp_path)
+    again = run_here("download", "dataset", "horse2zebra", "--base_url", "http://127.0.0.1:9", cwd=tmp_path)
     assert again.returncode == 0 and "already there" in again.stderr
 
 
 def test_train_names_the_download_command_for_a_missing_official_dataset(tmp_path, monkeypatch, caplog):
-    result = run_cli("train", "--dataset_name", "apple2orange", *SMALL_RUN, cwd=tmp_path)
+    result = run_here("train", "--dataset_name", "apple2orange", *SMALL_RUN, cwd=tmp_path)
     assert result.returncode == 2
     assert "cyclegan download dataset apple2orange" in result.stderr and "Traceback" not in result.stderr
     # A name both families have: pix2pix is pointed to its own (paired) archive.
@@ -181,10 +181,10 @@ def test_the_command_resumes_an_interrupted_model_download(tmp_path, server):
     torch.save(ResnetGenerator(3, 3, ngf=8, n_blocks=1).state_dict(), weights)
     server.files["/pretrained_models/horse2zebra.pth"] = weights.getvalue()
     server.cut_after["/pretrained_models/horse2zebra.pth"] = len(weights.getvalue()) // 2
-    first = run_cli("download", "model", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    first = run_here("download", "model", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
     assert first.returncode == 1 and "broke off" in first.stderr and "Traceback" not in first.stderr
     assert not (tmp_path / "pretrained" / "horse2zebra.pth").exists()
-    second = run_cli("download", "model", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    second = run_here("download", "model", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert len(server.ranges) == 1
     assert (tmp_path / "pretrained" / "horse2zebra.pth").read_bytes() == weights.getvalue()
@@ -199,12 +199,12 @@ def test_download_then_translate_with_a_bare_model_name(tmp_path, server):
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.open(io.BytesIO(jpeg_bytes(1, size=(50, 30)))).save(photos / "p.png")
-    before = run_cli("translate", "--checkpoint", "style_monet", "--input", str(photos), "--output", "out",
+    before = run_here("translate", "--checkpoint", "style_monet", "--input", str(photos), "--output", "out",
                      cwd=tmp_path)
     assert before.returncode == 2 and "cyclegan download model style_monet" in before.stderr
-    fetched = run_cli("download", "model", "style_monet", "--base_url", server.url, cwd=tmp_path)
+    fetched = run_here("download", "model", "style_monet", "--base_url", server.url, cwd=tmp_path)
     assert fetched.returncode == 0, fetched.stderr
-    result = run_cli("translate", "--checkpoint", "style_monet", "--input", str(photos), "--output", "out",
+    result = run_here("translate", "--checkpoint", "style_monet", "--input", str(photos), "--output", "out",
                      "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "out" / "p.png") as out:
@@ -214,19 +214,19 @@ def test_download_then_translate_with_a_bare_model_name(tmp_path, server):
 def test_a_checksum_mismatch_deletes_the_file(tmp_path, server):
     server.files["/inception.pt"] = b"not the network"
     out = tmp_path / "cache" / "inception.pt"
-    result = run_cli("download", "inception", "--url", f"{server.url}/inception.pt", "--output", str(out))
+    result = run_here("download", "inception", "--url", f"{server.url}/inception.pt", "--output", str(out))
     assert result.returncode == 1
     assert "SHA-256" in result.stderr and "deleted" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(out.parent) == []
     good = hashlib.sha256(b"not the network").hexdigest()
-    ok = run_cli("download", "inception", "--url", f"{server.url}/inception.pt", "--output", str(out),
+    ok = run_here("download", "inception", "--url", f"{server.url}/inception.pt", "--output", str(out),
                  "--sha256", good)
     assert ok.returncode == 0 and out.read_bytes() == b"not the network"
 
 
 def test_a_model_that_is_not_weights_is_refused(tmp_path, server):
     server.files["/pretrained_models/horse2zebra.pth"] = b"<html>moved</html>"
-    result = run_cli("download", "model", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    result = run_here("download", "model", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
     assert result.returncode == 1 and "not a generator's weights" in result.stderr
     assert leftovers(tmp_path / "pretrained") == []
 
@@ -252,7 +252,7 @@ def zip_with(members: dict[str, bytes], links: dict[str, str] | None = None) -> 
 ], ids=["dotdot", "absolute", "link", "bomb"])
 def test_unsafe_archives_are_refused_and_nothing_is_left(tmp_path, server, members, links, why):
     server.files["/datasets/horse2zebra.zip"] = zip_with(members, links)
-    result = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    result = run_here("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert why in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path / "data") == []  # no dataset folder, no archive, no temporary folder
@@ -327,7 +327,7 @@ def test_a_server_that_sends_forever_is_cut_off(tmp_path, server):
     with pytest.raises(DownloadError, match="more than the 1048576"):
         download(server.url + "/datasets/horse2zebra.zip", tmp_path / "x.zip", max_bytes=2**20)
     assert leftovers(tmp_path) == []
-    result = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, "--max_size", "300KB",
+    result = run_here("download", "dataset", "horse2zebra", "--base_url", server.url, "--max_size", "300KB",
                      cwd=tmp_path)
     assert result.returncode == 1 and "more than the 300000" in result.stderr and "Traceback" not in result.stderr
     assert leftovers(tmp_path / "data") == []
@@ -336,7 +336,7 @@ def test_a_server_that_sends_forever_is_cut_off(tmp_path, server):
     with pytest.raises(DownloadError, match="announces 5000 bytes"):
         download(server.url + "/pretrained_models/horse2zebra.pth", tmp_path / "m.pth", max_bytes=4000)
     assert leftovers(tmp_path) == ["data"]
-    bad = run_cli("download", "model", "horse2zebra", "--max_size", "lots", cwd=tmp_path)
+    bad = run_here("download", "model", "horse2zebra", "--max_size", "lots", cwd=tmp_path)
     assert bad.returncode == 2 and "--max_size" in bad.stderr
 
 
@@ -346,10 +346,10 @@ def test_the_users_own_files_beside_the_dataset_are_left_alone(tmp_path, server)
     (data / ".horse2zebra.new" / "mine.txt").write_text("mine")
     (data / "horse2zebra.zip").write_bytes(b"my own archive")
     server.files["/datasets/horse2zebra.zip"] = zip_with({"../evil.txt": b"x"})
-    refused = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
+    refused = run_here("download", "dataset", "horse2zebra", "--base_url", server.url, cwd=tmp_path)
     assert refused.returncode == 1
     server.files["/datasets/horse2zebra.zip"] = dataset_zip("horse2zebra")
-    result = run_cli("download", "dataset", "horse2zebra", "--base_url", server.url, "--keep_archive", cwd=tmp_path)
+    result = run_here("download", "dataset", "horse2zebra", "--base_url", server.url, "--keep_archive", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (data / "horse2zebra.zip").read_bytes() == b"my own archive"
     assert (data / ".horse2zebra.new" / "mine.txt").read_text() == "mine"
@@ -368,7 +368,7 @@ def test_a_damaged_archive_is_refused(tmp_path):
 
 
 def test_a_404_is_one_line_naming_the_address_and_status(tmp_path, server):
-    result = run_cli("download", "dataset", "maps", "--base_url", server.url, cwd=tmp_path)
+    result = run_here("download", "dataset", "maps", "--base_url", server.url, cwd=tmp_path)
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(lines) == 1 and f"{server.url}/datasets/maps.zip: HTTP 404" in lines[0]
@@ -380,7 +380,7 @@ def test_a_refused_connection_names_the_address(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env_url = f"http://127.0.0.1:{port}"
-    result = run_cli("download", "model", "horse2zebra", "--base_url", env_url, cwd=tmp_path)
+    result = run_here("download", "model", "horse2zebra", "--base_url", env_url, cwd=tmp_path)
     assert result.returncode == 1
     assert f"{env_url}/pretrained_models/horse2zebra.pth: cannot connect" in result.stderr
     assert "Traceback" not in result.stderr and leftovers(tmp_path / "pretrained") == []
@@ -403,9 +403,9 @@ def load_file_or_pth(path: Path) -> dict:
 
 
 def test_unknown_names_and_lists(tmp_path):
-    bad = run_cli("download", "dataset", "horses", cwd=tmp_path)
+    bad = run_here("download", "dataset", "horses", cwd=tmp_path)
     assert bad.returncode == 2 and "not an official dataset" in bad.stderr and "horse2zebra" in bad.stderr
-    listed = run_cli("download", "model", "--list")
+    listed = run_here("download", "model", "--list")
     assert listed.returncode == 0 and "style_vangogh" in listed.stdout and "cityscapes_label2photo" in listed.stdout
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_here
 from PIL import Image
 
 from cyclegan import datasets
@@ -116,7 +116,7 @@ def test_translate_command_translates_the_photo_upright(tmp_path):
     write_rotated_photo(tmp_path / "in" / "phone.png")
     weights = tmp_path / "G.safetensors"
     save_file({k: v.contiguous() for k, v in GeneratorResNet((3,), 1, ngf=8).state_dict().items()}, str(weights))
-    result = run_cli("translate", "--checkpoint", str(weights), "--input", str(tmp_path / "in"),
+    result = run_here("translate", "--checkpoint", str(weights), "--input", str(tmp_path / "in"),
                      "--output", str(tmp_path / "out"), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     with Image.open(tmp_path / "out" / "phone.png") as out:

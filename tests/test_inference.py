@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_here
 from PIL import Image
 from torch import nn
 
@@ -97,7 +97,7 @@ def test_official_pretrained_generator_file_translates_exactly(tmp_path, n_block
     assert gen.arch == "official" and len([m for m in gen.net.modules() if type(m).__name__ == "ResnetBlock"]) == n_blocks
 
     photo = smooth_image(tmp_path / "in" / "photo.png", (50, 37), seed=1)  # not multiples of 4
-    result = run_cli("translate", "--checkpoint", str(weights), "--input", str(photo), "--output", str(tmp_path / "out"))
+    result = run_here("translate", "--checkpoint", str(weights), "--input", str(photo), "--output", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     got = np.asarray(Image.open(tmp_path / "out" / "photo.png"))
     x = image_tensor(photo)
@@ -116,7 +116,7 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path):
     bad = tmp_path / "latest_net_G_A.pth"
     torch.save({"model.1.weight": Evil()}, bad)
     photo = smooth_image(tmp_path / "photo.png", (32, 32), seed=1)
-    result = run_cli("translate", "--checkpoint", str(bad), "--input", str(photo), "--output", str(tmp_path / "out"))
+    result = run_here("translate", "--checkpoint", str(bad), "--input", str(photo), "--output", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "could not be loaded safely" in result.stderr and not (tmp_path / "pwned").exists()
 
@@ -128,7 +128,7 @@ def test_translate_keeps_sizes_names_formats_and_alpha_and_reports_bad_inputs(tm
     smooth_image(tmp_path / "more" / "scan.webp", (36, 44), seed=3, mode="L")
     (inputs / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    result = run_cli("translate", "--checkpoint", str(tiny_run), "--input", str(inputs), str(tmp_path / "more" / "*.webp"),
+    result = run_here("translate", "--checkpoint", str(tiny_run), "--input", str(inputs), str(tmp_path / "more" / "*.webp"),
                      "--output", str(out), "--batch_size", "2")
     assert result.returncode == 1  # one input could not be read; the others were written
     assert "broken.png" in result.stderr and "skipped" in result.stderr
@@ -149,7 +149,7 @@ def test_translate_keeps_sizes_names_formats_and_alpha_and_reports_bad_inputs(tm
     jpeg = np.asarray(Image.open(out / "holiday.jpg"), dtype=np.float32)
     assert np.abs(jpeg - to_uint8(want).astype(np.float32)).mean() < 2.5  # JPEG quality 95
     # --ext and --resize
-    again = run_cli("translate", "--checkpoint", str(tiny_run), "--input", str(big), "--output", str(tmp_path / "o2"),
+    again = run_here("translate", "--checkpoint", str(tiny_run), "--input", str(big), "--output", str(tmp_path / "o2"),
                     "--ext", "png", "--resize", "--no_index")
     assert again.returncode == 0, again.stderr
     assert Image.open(tmp_path / "o2" / "holiday.png").size == (501, 333)
@@ -160,11 +160,11 @@ def test_translate_refuses_bad_flags_and_colliding_names_before_any_work(tmp_pat
     a = smooth_image(tmp_path / "a" / "x.png", (32, 32), seed=1)
     b = smooth_image(tmp_path / "b" / "x.png", (32, 32), seed=2)
     out = tmp_path / "out"
-    collide = run_cli("translate", "--checkpoint", str(tiny_run), "--input", str(a), str(b), "--output", str(out))
+    collide = run_here("translate", "--checkpoint", str(tiny_run), "--input", str(a), str(b), "--output", str(out))
     assert collide.returncode == 2 and "would both be written" in collide.stderr and not out.exists()
-    missing = run_cli("translate", "--checkpoint", str(tmp_path / "nope"), "--input", str(a), "--output", str(out))
+    missing = run_here("translate", "--checkpoint", str(tmp_path / "nope"), "--input", str(a), "--output", str(out))
     assert missing.returncode == 2 and "nope" in missing.stderr
-    tile = run_cli("translate", "--checkpoint", str(tiny_run), "--input", str(a), "--output", str(out), "--tile", "64",
+    tile = run_here("translate", "--checkpoint", str(tiny_run), "--input", str(a), "--output", str(out), "--tile", "64",
                    "--overlap", "40")
     assert tile.returncode == 2 and "--overlap" in tile.stderr
 
@@ -187,10 +187,10 @@ def test_export_onnx_and_torchscript_match_pytorch_and_translate_with_onnxruntim
     import onnxruntime as ort
 
     onnx_file, ts_file = tmp_path / "g.onnx", tmp_path / "g.pt"
-    r1 = run_cli("export", "--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(onnx_file),
+    r1 = run_here("export", "--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(onnx_file),
                  "--direction", "BtoA")
     assert r1.returncode == 0, r1.stderr
-    r2 = run_cli("export", "--checkpoint", str(tiny_run), "--format", "torchscript", "--output", str(ts_file))
+    r2 = run_here("export", "--checkpoint", str(tiny_run), "--format", "torchscript", "--output", str(ts_file))
     assert r2.returncode == 0, r2.stderr
     g_ba, g_ab = load_generator(tiny_run, "BtoA"), load_generator(tiny_run, "AtoB")
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
@@ -205,7 +205,7 @@ def test_export_onnx_and_torchscript_match_pytorch_and_translate_with_onnxruntim
         assert (got - want_ba).abs().max() <= 1e-4
     # translate --backend onnxruntime gives the PyTorch backend's images (to a level of rounding).
     for backend, ckpt in (("onnxruntime", onnx_file), ("torch", tiny_run)):
-        result = run_cli("translate", "--checkpoint", str(ckpt), "--backend", backend, "--direction", "BtoA",
+        result = run_here("translate", "--checkpoint", str(ckpt), "--backend", backend, "--direction", "BtoA",
                          "--input", str(photos[1]), "--output", str(tmp_path / backend))
         assert result.returncode == 0, result.stderr
     a = np.asarray(Image.open(tmp_path / "onnxruntime" / "p1.png"), dtype=np.int16)
@@ -244,7 +244,7 @@ def test_export_writes_the_opset_asked_for_with_the_umask_mode(tmp_path, tiny_ru
 
 def test_an_export_that_fails_its_check_leaves_no_file(tmp_path, tiny_run):
     target = tmp_path / "g.onnx"
-    result = run_cli("export", "--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(target),
+    result = run_here("export", "--checkpoint", str(tiny_run), "--format", "onnx", "--output", str(target),
                      "--tolerance", "1e-12")
     assert result.returncode == 2 and "differs from PyTorch" in result.stderr
     assert list(tmp_path.glob("*.onnx*")) == []
@@ -321,7 +321,7 @@ def test_evaluate_a_checkpoint_with_paired_truth_and_the_cycle_error(tmp_path, t
         smooth_image(tmp_path / "testA" / f"{k:02d}.png", (36, 32), seed=k)
         smooth_image(tmp_path / "testB" / f"{k:02d}.png", (36, 32), seed=100 + k)
     out = tmp_path / "metrics.json"
-    result = run_cli("evaluate", "--checkpoint", str(tiny_run), "--input", str(tmp_path / "testA"), "--real",
+    result = run_here("evaluate", "--checkpoint", str(tiny_run), "--input", str(tmp_path / "testA"), "--real",
                      str(tmp_path / "testB"), "--paired", str(tmp_path / "testB"), "--inception", str(inception),
                      "--json", str(out), "--kid_subset_size", "4")
     assert result.returncode == 0, result.stderr
@@ -331,7 +331,7 @@ def test_evaluate_a_checkpoint_with_paired_truth_and_the_cycle_error(tmp_path, t
     assert metrics["fid"] > 0 and 0 < metrics["cycle_l1"] < 2 and metrics["psnr"] > 0
     assert "FID" in result.stdout and "cycle L1" in result.stdout
     # The same images as "translations" of themselves: FID ~0, perfect paired scores.
-    same = run_cli("evaluate", "--fake", str(tmp_path / "testB"), "--real", str(tmp_path / "testB"), "--paired",
+    same = run_here("evaluate", "--fake", str(tmp_path / "testB"), "--real", str(tmp_path / "testB"), "--paired",
                    str(tmp_path / "testB"), "--inception", str(inception), "--json", str(out))
     assert same.returncode == 0, same.stderr
     metrics = json.loads(out.read_text())
@@ -396,12 +396,12 @@ def test_evaluate_a_cut_run_without_a_cycle(tmp_path):
         smooth_image(tmp_path / "testA" / f"{k:02d}.png", (36, 32), seed=k)
         smooth_image(tmp_path / "testB" / f"{k:02d}.png", (36, 32), seed=100 + k)
     out = tmp_path / "metrics.json"
-    result = run_cli("evaluate", "--checkpoint", str(run), "--input", str(tmp_path / "testA"), "--real",
+    result = run_here("evaluate", "--checkpoint", str(run), "--input", str(tmp_path / "testA"), "--real",
                      str(tmp_path / "testB"), "--paired", str(tmp_path / "testB"), "--inception", str(inception),
                      "--json", str(out), "--kid_subset_size", "2")
     assert result.returncode == 0, result.stderr
     metrics = json.loads(out.read_text())
     assert {"fid", "kid", "psnr", "ssim"} <= set(metrics) and "cycle_l1" not in metrics
-    refused = run_cli("evaluate", "--checkpoint", str(run), "--direction", "BtoA", "--input", str(tmp_path / "testB"),
+    refused = run_here("evaluate", "--checkpoint", str(run), "--direction", "BtoA", "--input", str(tmp_path / "testB"),
                       "--real", str(tmp_path / "testA"), "--inception", str(inception))
     assert refused.returncode != 0 and "translates AtoB only" in refused.stderr

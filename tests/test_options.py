@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_RUN, run_cli
+from conftest import SMALL_RUN, run_here
 from PIL import Image
 from torch import nn
 
@@ -309,7 +309,7 @@ def test_incompatible_combinations_are_refused(overrides, named):
 
 
 def test_print_config_and_the_run_folder_config_reproduce_a_run(image_folders, tmp_path):
-    shown = run_cli("train", "--print_config", "--netD", "pixel", "--n_epochs", "3", "--decay_epoch", "1")
+    shown = run_here("train", "--print_config", "--netD", "pixel", "--n_epochs", "3", "--decay_epoch", "1")
     assert shown.returncode == 0, shown.stderr
     assert "netD: pixel" in shown.stdout and "n_epochs: 3" in shown.stdout
 
@@ -319,12 +319,12 @@ def test_print_config_and_the_run_folder_config_reproduce_a_run(image_folders, t
                 "--lr_policy", "cosine", "--n_epochs", "2", "--preprocess", "scale_width_and_crop",
                 "--load_size", "40", "--no_flip", "--direction", "BtoA", "--max_dataset_size", "3",
                 "--serial_batches", "--init_type", "xavier", "--init_gain", "0.5")
-    result = run_cli("train", *official)
+    result = run_here("train", *official)
     assert result.returncode == 0, result.stderr
     assert "(3 images in A, 3 in B)" in result.stderr  # --max_dataset_size
     saved = json.loads((run / "config.json").read_text())
     assert saved["netD"] == "basic" and saved["upsample"] == "transpose" and saved["direction"] == "BtoA"
-    again = run_cli("train", "--config", str(run / "config.json"), "--output", str(tmp_path / "again"),
+    again = run_here("train", "--config", str(run / "config.json"), "--output", str(tmp_path / "again"),
                     "--overwrite", "--print_config")
     assert again.returncode == 0 and "gan_mode: vanilla" in again.stdout and "lr_policy: cosine" in again.stdout
 
@@ -333,8 +333,8 @@ def test_restart_with_other_network_options_lists_the_differences(image_folders,
     run = tmp_path / "run"
     common = ("--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--n_epochs", "3",
               "--decay_epoch", "1", "--batch_size", "4", "--checkpoint_interval", "1")
-    assert run_cli("train", *common, "--n_epochs", "1", "--decay_epoch", "0").returncode == 0
-    result = run_cli("train", *common, "--epoch", "1", "--ngf", "32", "--netD", "pixel")
+    assert run_here("train", *common, "--n_epochs", "1", "--decay_epoch", "0").returncode == 0
+    result = run_here("train", *common, "--epoch", "1", "--ngf", "32", "--netD", "pixel")
     assert result.returncode == 2
     assert "--ngf 32 (checkpoint: 16)" in result.stderr and "--netD pixel (checkpoint: reference)" in result.stderr
 

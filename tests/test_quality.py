@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_here
 from photo_task import TEST_PHOTOS, TRAIN_PHOTOS, colour_transform, identity_score, load_photo, photo_path, score, write_photo_task
 from PIL import Image
 
@@ -45,10 +45,10 @@ def test_the_task_is_built_from_shipped_photographs_with_unseen_test_photographs
 
 def test_cyclegan_train_on_the_shortened_photographic_task_keeps_the_images_whole(task, tmp_path):
     run = tmp_path / "run"
-    result = run_cli(
+    result = run_here(
         "train", "--dataroot", str(task), "--output", str(run), "--seed", "0", "--img_height", "32",
         "--img_width", "32", "--ngf", "16", "--ndf", "16", "--n_residual_blocks", "1", "--n_epochs", "3",
-        "--decay_epoch", "1", "--n_cpu", "0", "--logger", "none", timeout=600,
+        "--decay_epoch", "1", "--n_cpu", "0", "--logger", "none"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_RUN, run_cli, write_images
+from conftest import SMALL_RUN, run_here, write_images
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -62,17 +62,17 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
     # so do FastCUT (the sampled patch locations and the flips; its networks include the
     # projection head F, and its optimizers F's: CUT's are the same) and pix2pix (dropout, batch norm).
     straight = tmp_path / "straight"
-    result = run_cli("train", "--dataroot", str(image_folders), "--output", str(straight), *RUN, *extra)
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(straight), *RUN, *extra)
     assert result.returncode == 0, result.stderr
     split = tmp_path / "split"
-    first = run_cli("train", "--dataroot", str(image_folders), "--output", str(split), *RUN, *extra,
+    first = run_here("train", "--dataroot", str(image_folders), "--output", str(split), *RUN, *extra,
                     "--max_steps", "6", "--n_cpu", "2")
     assert first.returncode == 0, first.stderr
     assert "stopped at --max_steps 6" in first.stderr and "--resume" in first.stderr
     assert [p.name for p in list_run_checkpoints(split)][-1] == "step_000000006"
     at_stop = load_run_checkpoint(list_run_checkpoints(split)[-1])[1]
     assert at_stop["optimizers"]["G"]["param_groups"][0]["lr"] == pytest.approx(0.0002)
-    second = run_cli("train", "--resume", "--output", str(split), "--n_cpu", "2")
+    second = run_here("train", "--resume", "--output", str(split), "--n_cpu", "2")
     assert second.returncode == 0, second.stderr
     assert "epoch 2 of 3, step 6" in second.stderr
 
@@ -96,7 +96,7 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
 
 def test_keep_checkpoints_and_save_every_steps(image_folders, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", "--dataroot", str(image_folders), "--output", str(run), *RUN,
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *RUN,
                      "--save_every_steps", "3", "--keep_checkpoints", "2")
     assert result.returncode == 0, result.stderr
     # saves at steps 3, 4 (epoch end), 6, 8, 9, 12: the newest two stay
@@ -134,7 +134,7 @@ def test_sigkill_at_any_moment_never_loses_more_than_the_save_interval(image_fol
                 proc.stderr.read() if proc.poll() is not None else "no checkpoint written"
             if attempt % 2 == 0:  # kill in the middle of writing a checkpoint
                 folder = run / "checkpoints" / "resume"
-                wait_for(lambda: any(p.name.endswith(".tmp") for p in folder.iterdir()), timeout=30)
+                wait_for(lambda: any(p.name.endswith(".tmp") for p in folder.iterdir()))
             else:
                 time.sleep(rng.uniform(0.0, 1.0))
             proc.send_signal(signal.SIGKILL)
@@ -147,7 +147,7 @@ def test_sigkill_at_any_moment_never_loses_more_than_the_save_interval(image_fol
         last_step = state["step"]
     assert last_step > 0
     # And a resumed run carries on from the newest checkpoint.
-    result = run_cli("train", "--resume", "--output", str(run), "--max_steps", str(last_step + 2))
+    result = run_here("train", "--resume", "--output", str(run), "--max_steps", str(last_step + 2))
     assert result.returncode == 0, result.stderr
     assert f"step {last_step})" in result.stderr
     assert load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"] == last_step + 2
@@ -164,7 +164,7 @@ def test_sigterm_saves_and_exits_143_then_resume_continues(image_folders, tmp_pa
     assert proc.returncode == 143, err
     assert "SIGTERM" in err and "cyclegan train --resume --output" in err
     step = load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"]
-    again = run_cli("train", "--resume", "--output", str(run), "--max_steps", str(step + 1))
+    again = run_here("train", "--resume", "--output", str(run), "--max_steps", str(step + 1))
     assert again.returncode == 0, again.stderr
     assert load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"] == step + 1
 
@@ -184,7 +184,7 @@ def test_a_second_signal_stops_at_once(image_folders, tmp_path):
 
 
 def two_checkpoints(data: Path, run: Path) -> list[Path]:
-    result = run_cli("train", "--dataroot", str(data), "--output", str(run), *RUN, "--max_steps", "3",
+    result = run_here("train", "--dataroot", str(data), "--output", str(run), *RUN, "--max_steps", "3",
                      "--save_every_steps", "1")
     assert result.returncode == 0, result.stderr
     return list_run_checkpoints(run)
@@ -233,13 +233,13 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(image_folders, t
                                                      set_aside_damaged=False)
         assert found == previous and state["step"] == int(previous.name.removeprefix("step_")), damage
         assert any(newest.name in w for w in warnings), (damage, warnings)
-    result = run_cli("train", "--resume", "--output", str(tmp_path / "pickle_with_code"), "--max_steps", "4")
+    result = run_here("train", "--resume", "--output", str(tmp_path / "pickle_with_code"), "--max_steps", "4")
     assert result.returncode == 0, result.stderr
     assert "is damaged" in result.stderr and "older checkpoint" in result.stderr
     assert "starting from" in result.stderr and "step_000000002" in result.stderr
     assert not marker.exists()
     # A damaged checkpoint named explicitly is refused, not silently replaced.
-    explicit = run_cli("train", "--resume", str(run / "checkpoints" / "resume" / "nope"))
+    explicit = run_here("train", "--resume", str(run / "checkpoints" / "resume" / "nope"))
     assert explicit.returncode == 2 and "does not exist" in explicit.stderr
 
 
@@ -266,10 +266,10 @@ def test_a_full_disk_leaves_the_previous_checkpoint_intact(image_folders, tmp_pa
 def test_resume_reports_changed_flags_and_refuses_other_networks(image_folders, tmp_path, caplog):
     run = tmp_path / "run"
     two_checkpoints(image_folders, run)
-    changed = run_cli("train", "--resume", "--output", str(run), "--n_epochs", "4", "--max_steps", "4")
+    changed = run_here("train", "--resume", "--output", str(run), "--n_epochs", "4", "--max_steps", "4")
     assert changed.returncode == 0, changed.stderr
     assert "on resume: --n_epochs 4 (the run had 3)" in changed.stderr
-    refused = run_cli("train", "--resume", "--output", str(run), "--ngf", "8", "--norm", "batch", "--netD", "basic")
+    refused = run_here("train", "--resume", "--output", str(run), "--ngf", "8", "--norm", "batch", "--netD", "basic")
     assert refused.returncode == 2
     assert "--ngf 8 (checkpoint: 16)" in refused.stderr and "--norm batch (checkpoint: instance)" in refused.stderr
 
@@ -282,7 +282,7 @@ def lr_and_betas(run: Path) -> tuple[float, tuple]:
 def test_flags_changed_on_resume_take_effect(image_folders, tmp_path):
     run = tmp_path / "run"
     two_checkpoints(image_folders, run)
-    result = run_cli("train", "--resume", "--output", str(run), "--lr", "0.0001", "--b1", "0.9", "--max_steps", "4")
+    result = run_here("train", "--resume", "--output", str(run), "--lr", "0.0001", "--b1", "0.9", "--max_steps", "4")
     assert result.returncode == 0, result.stderr
     assert lr_and_betas(run) == (pytest.approx(0.0001), (0.9, 0.999))
 
@@ -290,11 +290,11 @@ def test_flags_changed_on_resume_take_effect(image_folders, tmp_path):
 def test_a_finished_run_can_be_extended(image_folders, tmp_path):
     run = tmp_path / "run"
     common = ("--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--batch_size", "4")
-    assert run_cli("train", *common, "--n_epochs", "1", "--decay_epoch", "0").returncode == 0
+    assert run_here("train", *common, "--n_epochs", "1", "--decay_epoch", "0").returncode == 0
     assert lr_and_betas(run)[0] == 0.0  # the schedule ended
-    again = run_cli("train", "--resume", "--output", str(run))
+    again = run_here("train", "--resume", "--output", str(run))
     assert again.returncode == 0 and "already finished" in again.stderr
-    longer = run_cli("train", "--resume", "--output", str(run), "--n_epochs", "4", "--decay_epoch", "2")
+    longer = run_here("train", "--resume", "--output", str(run), "--n_epochs", "4", "--decay_epoch", "2")
     assert longer.returncode == 0, longer.stderr
     states = [load_run_checkpoint(p)[1] for p in list_run_checkpoints(run)]
     # epochs 2, 3 at the full rate again, epoch 4 at half; the last state holds the rate after epoch 4: 0
@@ -305,15 +305,15 @@ def test_a_finished_run_can_be_extended(image_folders, tmp_path):
 def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(image_folders, tmp_path):
     run = tmp_path / "run"
     saved = two_checkpoints(image_folders, run)  # steps 1, 2, 3
-    result = run_cli("train", "--resume", str(saved[0]), "--max_steps", "2", "--keep_checkpoints", "1")
+    result = run_here("train", "--resume", str(saved[0]), "--max_steps", "2", "--keep_checkpoints", "1")
     assert result.returncode == 0, result.stderr
     assert [p.name for p in list_run_checkpoints(run)] == ["step_000000002"]
     assert load_run_checkpoint(list_run_checkpoints(run)[0])[1]["step"] == 2
     aside = sorted(p.name for p in (run / "checkpoints" / "resume").iterdir() if "abandoned" in p.name)
     assert aside == ["step_000000002.abandoned", "step_000000003.abandoned"]
-    as_run_folder = run_cli("train", "--resume", str(run), "--max_steps", "3")
+    as_run_folder = run_here("train", "--resume", str(run), "--max_steps", "3")
     assert as_run_folder.returncode == 0, as_run_folder.stderr
-    networks_only = run_cli("train", "--resume", str(run / "checkpoints" / "epoch_1.safetensors"))
+    networks_only = run_here("train", "--resume", str(run / "checkpoints" / "epoch_1.safetensors"))
     assert networks_only.returncode == 2
 
 
@@ -370,7 +370,7 @@ def test_every_kind_of_bad_image_in_both_modes(tmp_path, mode):
     write_images(data / "train" / "B", 3, seed=2)
     bad = make_bad_images(data / "train" / "A")
     run = tmp_path / "run"
-    result = run_cli("train", "--dataroot", str(data), "--output", str(run), *SMALL_RUN, "--n_epochs", "1",
+    result = run_here("train", "--dataroot", str(data), "--output", str(run), *SMALL_RUN, "--n_epochs", "1",
                      "--decay_epoch", "0", "--batch_size", "3", "--bad_images", mode)
     reasons = {"zero-byte": "empty file", "not an image": "not an image", "garbage": "not an image",
                "truncated": "truncated", "decompression bomb": "decompression-bomb", "smaller than the crop":

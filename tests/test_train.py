@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_RUN, run_cli, write_images
+from conftest import SMALL_RUN, run_here, write_images
 from PIL import Image
 
 from cyclegan.checkpoint import load_checkpoint
@@ -56,7 +56,7 @@ def test_a_step_updates_all_four_networks_and_returns_finite_losses():
 
 def test_grey_to_colour_domains_train_end_to_end(image_folders, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--input_nc", "1",
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--input_nc", "1",
                      "--output_nc", "3", "--lambda_id", "0", "--n_epochs", "1", "--decay_epoch", "0",
                      "--batch_size", "2")
     assert result.returncode == 0, result.stderr
@@ -68,7 +68,7 @@ def test_grey_to_colour_domains_train_end_to_end(image_folders, tmp_path):
 
 def test_train_end_to_end_writes_samples_checkpoints_and_config(image_folders, tmp_path):
     run = tmp_path / "run"
-    result = run_cli(
+    result = run_here(
         "train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN,
         "--n_epochs", "2", "--decay_epoch", "1", "--batch_size", "2", "--sample_interval", "2",
         "--checkpoint_interval", "1", "--n_cpu", "2",  # real worker processes
@@ -103,12 +103,12 @@ def test_epoch_flag_restarts_from_that_checkpoint(image_folders, tmp_path):
     run = tmp_path / "run"
     common = ("--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--batch_size", "4",
               "--sample_interval", "100")
-    first = run_cli("train", *common, "--n_epochs", "2", "--decay_epoch", "1", "--checkpoint_interval", "1")
+    first = run_here("train", *common, "--n_epochs", "2", "--decay_epoch", "1", "--checkpoint_interval", "1")
     assert first.returncode == 0, first.stderr
     epoch1 = (run / "checkpoints" / "epoch_1.safetensors").read_bytes()
     (run / "checkpoints" / "epoch_2.safetensors").unlink()
 
-    again = run_cli("train", *common, "--epoch", "1", "--n_epochs", "3", "--decay_epoch", "1")
+    again = run_here("train", *common, "--epoch", "1", "--n_epochs", "3", "--decay_epoch", "1")
     assert again.returncode == 0, again.stderr
     assert "starting from" in again.stderr and "epoch_1.safetensors" in again.stderr
     assert "[Epoch 2/3]" in again.stderr and "[Epoch 1/3]" not in again.stderr
@@ -116,7 +116,7 @@ def test_epoch_flag_restarts_from_that_checkpoint(image_folders, tmp_path):
                                                                            "epoch_3.safetensors"]
     assert (run / "checkpoints" / "epoch_1.safetensors").read_bytes() == epoch1
 
-    missing = run_cli("train", *common, "--epoch", "2", "--n_epochs", "3", "--decay_epoch", "1")
+    missing = run_here("train", *common, "--epoch", "2", "--n_epochs", "3", "--decay_epoch", "1")
     assert missing.returncode == 2
     assert "epoch_2.safetensors" in missing.stderr and "1, 3" in missing.stderr
 
@@ -125,17 +125,17 @@ def test_a_new_run_does_not_overwrite_an_old_one(image_folders, tmp_path):
     run = tmp_path / "run"
     common = ("--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN, "--n_epochs", "1",
               "--decay_epoch", "0", "--batch_size", "4")
-    assert run_cli("train", *common).returncode == 0
+    assert run_here("train", *common).returncode == 0
     before = (run / "checkpoints" / "epoch_1.safetensors").read_bytes()
-    second = run_cli("train", *common, "--seed", "1")
+    second = run_here("train", *common, "--seed", "1")
     assert second.returncode == 2 and "--overwrite" in second.stderr
     assert (run / "checkpoints" / "epoch_1.safetensors").read_bytes() == before
-    assert run_cli("train", *common, "--seed", "1", "--overwrite").returncode == 0
+    assert run_here("train", *common, "--seed", "1", "--overwrite").returncode == 0
     assert (run / "checkpoints" / "epoch_1.safetensors").read_bytes() != before
 
 
 def test_train_without_a_dataset_uses_the_demo_data(tmp_path):
-    result = run_cli("train", *SMALL_RUN, "--n_epochs", "1", "--decay_epoch", "0", "--max_steps", "1",
+    result = run_here("train", *SMALL_RUN, "--n_epochs", "1", "--decay_epoch", "0", "--max_steps", "1",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "built-in demo data" in result.stderr
@@ -147,7 +147,7 @@ def test_train_without_a_dataset_uses_the_demo_data(tmp_path):
 
 def test_one_channel_training(image_folders, tmp_path):
     run = tmp_path / "run"
-    result = run_cli("train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN,
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *SMALL_RUN,
                      "--channels", "1", "--n_epochs", "1", "--decay_epoch", "0", "--batch_size", "4")
     assert result.returncode == 0, result.stderr
     assert Image.open(run / "samples" / "0000000.png").mode == "L"
@@ -209,7 +209,7 @@ if not torch.cuda.is_available():
 def test_bad_input_stops_before_training_with_a_clear_message(kind, tmp_path):
     flags, named = make_bad_input(kind, tmp_path)
     run = tmp_path / "run"
-    result = run_cli("train", "--n_epochs", "200", *flags, "--output", str(run), cwd=tmp_path, timeout=60)
+    result = run_here("train", "--n_epochs", "200", *flags, "--output", str(run), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert named in result.stderr
     assert "Traceback" not in result.stderr
@@ -219,7 +219,7 @@ def test_bad_input_stops_before_training_with_a_clear_message(kind, tmp_path):
 def test_bad_images_are_all_listed_in_one_message(tmp_path):
     flags, _ = make_bad_input("truncated image", tmp_path)
     (tmp_path / "data" / "train" / "B" / "empty.jpg").write_bytes(b"")
-    result = run_cli("train", *flags, "--output", str(tmp_path / "run"))
+    result = run_here("train", *flags, "--output", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "2 of 5 image files cannot be used" in result.stderr
     assert "img_001.png" in result.stderr and "empty.jpg" in result.stderr
