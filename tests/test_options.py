@@ -419,3 +419,25 @@ def test_lr_factor_is_what_the_schedulers_give(policy):
         opt.step()
         step_schedulers(sched, 0.0)
     assert lr_factor(TrainConfig(lr_policy="plateau"), 3) is None
+
+
+@pytest.mark.parametrize("policy", ["step", "cosine"])
+def test_a_run_saved_with_the_torch_step_and_cosine_schedulers_resumes_at_the_same_rate(policy):
+    # Before lr_factor became the one statement of the policies, step and cosine were torch's
+    # StepLR and CosineAnnealingLR, stepped from epoch 0 through a restart's --epoch.
+    from cyclegan.resume import scheduler_state
+
+    config = TrainConfig(lr_policy=policy, n_epochs=12, decay_epoch=6, lr_decay_iters=3, epoch=2)
+    old_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    old = (torch.optim.lr_scheduler.StepLR(old_opt, step_size=3, gamma=0.1) if policy == "step" else
+           torch.optim.lr_scheduler.CosineAnnealingLR(old_opt, T_max=12))
+    for _ in range(config.epoch + 4):  # the restart's epochs, then four trained
+        old_opt.step()
+        old.step()
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    opt.load_state_dict(old_opt.state_dict())
+    sched = build_schedulers({"G": opt}, config)["G"]
+    sched.load_state_dict(scheduler_state(old.state_dict(), config.epoch))
+    for _ in range(5):
+        old_opt.step(), old.step(), opt.step(), sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(old_opt.param_groups[0]["lr"], rel=1e-9, abs=1e-12)

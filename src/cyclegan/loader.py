@@ -4,6 +4,7 @@ is a function of the seed and the position (``datasets.EpochSampler``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -34,8 +35,10 @@ class RunData:
     val: datasets.ImageDataset | PairedDataset
 
 
-def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None:
-    """The dataset folder the flags name, or None for the built-in demo data.
+def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> tuple[TrainConfig, Path | None]:
+    """The config with its dataset settled, and the dataset folder it names (None for the
+    built-in demo data). The config comes back as given except where no dataset was given
+    (``dataset_name_given`` False) and the default's folder is missing: then it names the demo.
 
     The demo data are used for ``--dataset_name demo``, and when neither ``--dataroot`` nor
     ``--dataset_name`` is given and the reference's default ``data/monet2photo`` does not exist.
@@ -47,17 +50,16 @@ def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> Path | None
                 f"--dataroot {root}: the folder does not exist; give the folder that holds train/A and "
                 "train/B (or trainA and trainB)"
             )
-        return root
+        return config, root
     if config.dataset_name == datasets.DEMO_DATASET:
-        return None
+        return config, None
     root = Path("data") / config.dataset_name
     if root.exists():
-        return root
+        return config, root
     if not dataset_name_given:
         log.info("no dataset given and %s does not exist: training on the built-in demo data (%s fetches the "
                  "reference's default dataset)", root, zoo.download_dataset_hint(config.dataset_name))
-        config.dataset_name = datasets.DEMO_DATASET
-        return None
+        return dataclasses.replace(config, dataset_name=datasets.DEMO_DATASET), None
     # A paired model wants the pix2pix archive of a name both families have (facades, maps).
     paired = get_model(config.model).paired
     entry = zoo.find_dataset(f"pix2pix/{config.dataset_name}" if paired else config.dataset_name) or \

@@ -47,9 +47,11 @@ ARCH_PRESETS = {
 # 100 and 100: those two apply together, when neither --n_epochs nor --decay_epoch is given).
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Every setting of a run; stored as ``config.json`` in the run folder (which ``--config`` reads)."""
+    """Every setting of a run; stored as ``config.json`` in the run folder (which ``--config`` reads).
+    Frozen: a setting settled after parsing (the seed drawn, the demo data chosen, a resumed run's
+    folder) makes a new config with ``dataclasses.replace``, so no module changes another's."""
 
     # The reference's flags, names and defaults.
     epoch: int = 0

@@ -180,10 +180,6 @@ def apply_schedule_changes(optimizers: dict[str, torch.optim.Optimizer], schedul
     for name, opt in optimizers.items():
         sched = schedulers[name]
         epoch = getattr(sched, "last_epoch", 0)
-        if config.lr_policy == "step":
-            sched.step_size = config.lr_decay_iters
-        elif config.lr_policy == "cosine":
-            sched.T_max = config.n_epochs
         factor = lr_factor(config, epoch)
         for group in opt.param_groups:
             group["betas"] = (config.b1, config.b2)
@@ -218,6 +214,19 @@ def training_state(position: Position, optimizers: dict[str, torch.optim.Optimiz
     }
 
 
+def scheduler_state(saved: dict[str, Any], start_epoch: int) -> dict[str, Any]:
+    """A saved scheduler's state as today's schedulers load it. Runs saved before the policies
+    became one function (``step.lr_factor``) hold a ``StepLR`` or ``CosineAnnealingLR`` that
+    counted its epochs from 0, not from the run's ``--epoch``: as the ``LambdaLR`` that replaced
+    them, at the same rate."""
+    if "step_size" not in saved and "T_max" not in saved:
+        return saved
+    state = {key: v for key, v in saved.items() if key not in ("step_size", "gamma", "T_max", "eta_min")}
+    state["last_epoch"] = saved["last_epoch"] - start_epoch
+    state["lr_lambdas"] = [None] * len(saved.get("base_lrs", [None]))
+    return state
+
+
 def restore_training_state(start: Start, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
                            buffers: dict[str, ReplayBuffer | None], scaler: Any, device: torch.device) -> Position:
     """Load a resumed run's state into the freshly built objects (the RNG states last) and
@@ -227,7 +236,7 @@ def restore_training_state(start: Start, optimizers: dict[str, torch.optim.Optim
     for k, opt in optimizers.items():
         opt.load_state_dict(state["optimizers"][k])
     for k, sched in schedulers.items():
-        sched.load_state_dict(state["schedulers"][k])
+        sched.load_state_dict(scheduler_state(state["schedulers"][k], state["config"].get("epoch", 0)))
     load_buffers_state(buffers, state["buffers"], device)
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])

@@ -9,6 +9,7 @@ with them: ``cyclegan_model.train_step``, ``cut_model.cut_train_step``,
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -34,42 +35,36 @@ def build_optimizers(nets: dict[str, nn.Module], config: TrainConfig) -> dict[st
 
 
 def lr_factor(config: TrainConfig, epoch: int) -> float | None:
-    """The fraction of ``--lr`` that ``--lr_policy`` gives at scheduler epoch ``epoch`` (the
-    epochs stepped since the run's ``--epoch``): ``linear`` the reference's ``LambdaLR``, ``step``
-    a tenth every ``--lr_decay_iters`` epochs, ``cosine`` half a cosine over ``--n_epochs``; None
-    for ``plateau``, whose rate follows the losses. The schedulers (``build_schedulers``) and a
-    resumed run's changed flags (``resume.apply_schedule_changes``) both read it."""
+    """The fraction of ``--lr`` that ``--lr_policy`` gives ``epoch`` epochs after the run's start
+    (``--epoch``, 0 unless restarted; a scheduler's ``last_epoch``): ``linear`` the reference's
+    ``LambdaLR``, ``step`` a tenth every ``--lr_decay_iters`` epochs, ``cosine`` half a cosine
+    over ``--n_epochs``; None for ``plateau``, whose rate follows the losses. The one statement of
+    the policies: the schedulers (``build_schedulers``) and a resumed run's changed flags
+    (``resume.apply_schedule_changes``) both compute the rate with it."""
+    at = config.epoch + epoch
     if config.lr_policy == "linear":
         return LambdaLR(config.n_epochs, config.epoch, config.decay_epoch).step(epoch)
     if config.lr_policy == "step":
-        return 0.1 ** (epoch // config.lr_decay_iters)
+        return 0.1 ** (at // config.lr_decay_iters)
     if config.lr_policy == "cosine":
-        return (1 + math.cos(math.pi * min(epoch, config.n_epochs) / config.n_epochs)) / 2
-    return None
+        return (1 + math.cos(math.pi * min(at, config.n_epochs) / config.n_epochs)) / 2
+    if config.lr_policy == "plateau":
+        return None
+    raise ValueError(f"unknown lr_policy {config.lr_policy!r}")
 
 
 def build_schedulers(optimizers: dict[str, torch.optim.Optimizer], config: TrainConfig) -> dict[str, Any]:
-    """One scheduler per optimizer for ``--lr_policy``, positioned at ``--epoch``; stepped per epoch."""
+    """One scheduler per optimizer for ``--lr_policy``, stepped per epoch: ``lr_factor`` of the
+    config as a ``LambdaLR`` (a restarted run's rate continues from ``--epoch``), or for
+    ``plateau`` the reference's ``ReduceLROnPlateau``."""
     schedulers: dict[str, Any] = {}
     for name, opt in optimizers.items():
-        if config.lr_policy == "linear":  # lr_factor's rule, as the reference's LambdaLR object
-            rule = LambdaLR(config.n_epochs, config.epoch, config.decay_epoch)
-            schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=rule.step)
-            continue
-        if config.lr_policy == "step":
-            sched: Any = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_decay_iters, gamma=0.1)
-        elif config.lr_policy == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.2, threshold=0.01,
-                                                               patience=5)
-        elif config.lr_policy == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.n_epochs, eta_min=0)
+        if config.lr_policy == "plateau":
+            schedulers[name] = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.2,
+                                                                          threshold=0.01, patience=5)
         else:
-            raise ValueError(f"unknown lr_policy {config.lr_policy!r}")
-        if config.lr_policy != "plateau":
-            for _ in range(config.epoch):  # a restarted run continues the schedule
-                opt.step()
-                sched.step()
-        schedulers[name] = sched
+            lr_factor(config, 0)  # an unknown policy fails here, not at the first epoch's end
+            schedulers[name] = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=functools.partial(lr_factor, config))
     return schedulers
 
 

@@ -109,30 +109,32 @@ def train(config: TrainConfig, explicit: set[str] | None = None) -> Path:
                                 "a checkpoint folder with --resume PATH")
     else:
         validate(config)
-        choose_dataset(config, dataset_name_given)  # no dataset given: the demo data, and runs/demo
+        config, _ = choose_dataset(config, dataset_name_given)  # no dataset given: the demo data, and runs/demo
         run_dir = default_run_dir(config)
         check_run_dir(config, run_dir)
     is_main = env_from_environment().is_main
     with hold_run_folder(run_dir) if is_main else contextlib.nullcontext():
-        return train_in_folder(config, dataset_name_given, explicit)
+        return train_in_folder(config, explicit)
 
 
-def train_in_folder(config: TrainConfig, dataset_name_given: bool, explicit: set[str]) -> Path:
-    """``train``, its run folder held."""
+def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
+    """``train``, its run folder held. The config is settled here once (a resumed run's, the
+    seed drawn when none was given) and not changed after: what config.json records is what ran."""
     resumed = None
     if config.resume:
         resumed = resume_point(config, explicit, is_main=env_from_environment().is_main)
-        config, dataset_name_given = resumed.config, True
+        config = resumed.config
     validate(config)
     env, device = init_distributed(resolve_device(config.device))
     if not env.is_main:
         logging.getLogger("cyclegan").setLevel(logging.WARNING)
-    data_root = choose_dataset(config, dataset_name_given)
+    if config.seed is None:  # every rank must draw the same data order: rank 0's choice
+        config = dataclasses.replace(config, seed=broadcast_int(random.SystemRandom().randrange(2**31), env, device))
+        resumed = dataclasses.replace(resumed, config=config) if resumed else None
+    _, data_root = choose_dataset(config, dataset_name_given=True)  # settled in train() or saved with the run
     run_dir = resumed.run_dir if resumed else default_run_dir(config)
     data = open_data(config, data_root, run_dir, env)  # every image checked before the old run is cleared
     start = resumed or new_start(config, env)
-    if config.seed is None:  # every rank must draw the same data order: rank 0's choice
-        config.seed = broadcast_int(random.SystemRandom().randrange(2**31), env, device)
     seed_everything(config.seed + env.rank)  # per-rank model randomness; rank 0's weights are broadcast
     run = build_run(start, env, device)
     if run.position.epoch >= config.n_epochs:
