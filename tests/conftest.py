@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from PIL import Image
 
 from cyclegan.checkpoint import checkpoint_path, save_networks
@@ -90,6 +91,19 @@ SMALL_RUN = (
     "--img_height", "32", "--img_width", "32", "--n_residual_blocks", "1", "--ngf", "16", "--ndf", "16",
     "--n_cpu", "0", "--seed", "0",
 )
+
+
+def write_inception_stand_in(path: Path) -> Path:
+    """A TorchScript module with the FID Inception's interface (uint8 images in,
+    ``return_features=True``), standing in for the 91 MB file in tests."""
+
+    class StandIn(nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
+            f = x.float() / 255
+            return torch.cat([f.mean((2, 3)), f.std((2, 3)), f[:, :, ::50, ::50].flatten(1)], 1)
+
+    torch.jit.script(StandIn()).save(str(path))
+    return path
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("runtime", "runlock", "utils", "zoo"),
     ("images", "fetch"),
-    ("datasets", "models", "losses", "distributed"),
+    ("datasets", "models", "losses", "distributed", "measures"),
     ("paired",),  # pix2pix pairs: built on datasets (its layouts, transforms, sample seeds)
     ("modelkit",),  # the Model interface and the step pieces the models share
     ("cyclegan_model", "cut_model", "pix2pix_model"),  # one module per model family
@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("__init__",),
     ("options",),
     ("step", "checkpoint", "logger"),
-    ("memory", "loader", "resume", "report"),
+    ("memory", "loader", "resume", "report", "scoring"),
     ("perf",),
     ("train", "inference"),
     ("translate", "evaluate", "export", "serve", "demo", "download"),

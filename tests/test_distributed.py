@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_images
+from conftest import write_images, write_inception_stand_in
 
 from cyclegan.checkpoint import list_run_checkpoints, load_run_checkpoint
 
@@ -117,6 +117,25 @@ def test_one_generator_models_under_torchrun_keep_every_rank_equal_at_every_step
             assert torch.equal(rank0[name], rank1[name]), (s, name)
     states, _ = load_run_checkpoint(list_run_checkpoints(tmp_path / "run")[-1])
     assert set(states) == networks
+
+
+def test_scoring_under_torchrun_scores_once_and_keeps_the_ranks_together(data, tmp_path):
+    # Rank 0 scores while rank 1 waits; the best generators are kept once; every rank still
+    # equals the other at every step (scoring leaves the training streams alone).
+    inception = write_inception_stand_in(tmp_path / "inception.pt")
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    run = tmp_path / "run"
+    result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--n_epochs", "2", "--decay_epoch", "1",
+                    "--batch_size", "2", "--output", str(run), "--eval_every", "1", "--eval_images", "4",
+                    "--keep_best", "kid", "--inception", str(inception), env={"DUMP_DIR": str(dump)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval_kid" in r] == [2, 4]  # once per epoch, not once per rank
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+    for s in range(1, 5):
+        rank0, rank1 = torch.load(dump / f"rank0_step{s}.pt"), torch.load(dump / f"rank1_step{s}.pt")
+        assert all(torch.equal(rank0[name], rank1[name]) for name in rank0), s
 
 
 def test_resume_across_process_counts(data, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_here
+from conftest import run_here, write_inception_stand_in
 from PIL import Image
 from torch import nn
 
@@ -300,19 +300,6 @@ def test_fid_and_kid_match_a_hand_computation():
     assert result["kid"] == pytest.approx(np.mean(estimates), rel=0.05, abs=1e-5)
     same = compute_metrics(real[:12], real[:12], MeanStdFeatures(), kid_subset_size=12)
     assert abs(same["fid"]) < 1e-3
-
-
-def write_inception_stand_in(path: Path) -> Path:
-    """A TorchScript module with the FID Inception's interface (uint8 images in,
-    ``return_features=True``), standing in for the 91 MB file in tests."""
-
-    class StandIn(nn.Module):
-        def forward(self, x: torch.Tensor, return_features: bool = True) -> torch.Tensor:
-            f = x.float() / 255
-            return torch.cat([f.mean((2, 3)), f.std((2, 3)), f[:, :, ::50, ::50].flatten(1)], 1)
-
-    torch.jit.script(StandIn()).save(str(path))
-    return path
 
 
 def test_evaluate_a_checkpoint_with_paired_truth_and_the_cycle_error(tmp_path, tiny_run):

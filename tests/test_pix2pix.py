@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_here
+from conftest import run_here, write_inception_stand_in
 from PIL import Image
-from test_inference import write_inception_stand_in
 from torch import nn
 
 from cyclegan import evaluate, export, translate

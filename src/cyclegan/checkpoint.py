@@ -60,6 +60,11 @@ def checkpoint_path(run_dir: str | os.PathLike[str], epoch: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"epoch_{epoch}.safetensors"
 
 
+def best_checkpoint_path(run_dir: str | os.PathLike[str]) -> Path:
+    """Where ``--keep_best`` keeps the networks of a run's best score (``scoring``)."""
+    return Path(run_dir) / "checkpoints" / "best.safetensors"
+
+
 def list_checkpoints(run_dir: str | os.PathLike[str]) -> dict[int, Path]:
     """The checkpoints of ``run_dir`` by epoch."""
     found: dict[int, Path] = {}

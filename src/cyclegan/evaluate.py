@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,118 +36,29 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.images import list_images, read_image, tensor_to_image
-from cyclegan.inference import load_generator, translate_image
+from cyclegan.images import list_images, read_image
+from cyclegan.inference import add_epoch_flag, load_generator, translate_image
+from cyclegan.measures import (  # noqa: F401  (re-exported: the names evaluate has always had)
+    InceptionFeatures,
+    compute_metrics,
+    fid_from_features,
+    find_inception,
+    image_features,
+    metrics_from_features,
+    paired_metrics,
+    to_uint8,
+)
 from cyclegan.runtime import add_debug_flag, resolve_device, run_command
 from cyclegan.utils import atomic_write
-from cyclegan.zoo import INCEPTION_FILE, INCEPTION_URL, inception_locations
+from cyclegan.zoo import INCEPTION_FILE
 
-__all__ = ["main", "get_args_parser", "InceptionFeatures", "find_inception", "compute_metrics", "fid_from_features"]
+__all__ = ["main", "get_args_parser", "InceptionFeatures", "find_inception", "compute_metrics", "fid_from_features",
+           "image_features", "metrics_from_features", "paired_metrics"]
 
 log = logging.getLogger("cyclegan.evaluate")
 
-
-
-def find_inception(given: str | None) -> Path:
-    """The Inception file to use, or a CycleGANError saying exactly where to put it."""
-    if given:
-        path = Path(given)
-        if not path.is_file():
-            raise CycleGANError(f"--inception {path}: no such file. FID and KID need the FID Inception network "
-                                f"{INCEPTION_FILE} (TorchScript, 91 MB): cyclegan download inception --output {path}")
-        return path
-    for path in inception_locations():
-        if path.is_file():
-            return path
-    raise CycleGANError(
-        f"FID and KID need the FID Inception network {INCEPTION_FILE} (TorchScript, 91 MB), and nothing is downloaded "
-        f"without asking. Fetch it once (from {INCEPTION_URL}, checked against its SHA-256) with:\n"
-        f"  cyclegan download inception\n"
-        f"or pass --inception PATH (or set CYCLEGAN_INCEPTION). Looked in: "
-        + ", ".join(str(p) for p in inception_locations())
-    )
-
-
-class InceptionFeatures(nn.Module):
-    """The TorchScript FID Inception as a torchmetrics feature extractor: uint8 (N, 3, H, W) in,
-    (N, 2048) pool features out."""
-
-    def __init__(self, path: Path, device: torch.device) -> None:
-        super().__init__()
-        self.device = device
-        try:
-            self.net = torch.jit.load(str(path), map_location=device).eval()
-            with torch.no_grad():
-                probe = self(torch.zeros(1, 3, 299, 299, dtype=torch.uint8))
-        except (RuntimeError, ValueError) as exc:
-            raise CycleGANError(f"--inception {path}: not the TorchScript FID Inception network ({exc})") from exc
-        if probe.dim() != 2:
-            raise CycleGANError(f"--inception {path}: gives features of shape {tuple(probe.shape)}, not (N, 2048)")
-        self.num_features = int(probe.shape[1])  # 2048 for the real network
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.to(self.device), return_features=True).float().cpu()
-
-
-def to_uint8(tensor: torch.Tensor, size: int | None = 299) -> torch.Tensor:
-    """(C, H, W) in [-1, 1] to uint8 (3, size, size): grey made RGB, resized bicubic in PIL."""
-    image = tensor_to_image(tensor).convert("RGB")
-    if size:
-        image = image.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-
-
-def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID from two feature matrices (rows are images), by the formula, with SciPy's sqrtm."""
-    from scipy import linalg
-
-    mu1, mu2 = real.mean(0), fake.mean(0)
-    s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
-
-
-def compute_metrics(fake: Sequence[torch.Tensor], real: Sequence[torch.Tensor], features: nn.Module,
-                    kid_subset_size: int = 100, batch_size: int = 16) -> dict[str, float]:
-    """FID and KID (mean and std over subsets) between ``fake`` and ``real`` images, each a
-    (C, H, W) tensor in [-1, 1] of any size, on ``features`` (uint8 (N, 3, 299, 299) in)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    if len(fake) < 2 or len(real) < 2:
-        raise CycleGANError(f"FID needs at least 2 images on each side (got {len(fake)} translated, {len(real)} real)")
-    subset = min(kid_subset_size, len(fake), len(real))
-    with warnings.catch_warnings():  # KID keeps every feature vector: 8 KB an image, fine here
-        warnings.simplefilter("ignore", UserWarning)
-        fid = FrechetInceptionDistance(feature=features, reset_real_features=True)
-        kid = KernelInceptionDistance(feature=features, subset_size=subset, subsets=100)
-    for images, is_real in ((real, True), (fake, False)):
-        for start in range(0, len(images), batch_size):
-            batch = torch.stack([to_uint8(x) for x in images[start:start + batch_size]])
-            fid.update(batch, real=is_real)
-            kid.update(batch, real=is_real)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-            "n_fake": len(fake), "n_real": len(real), "kid_subset_size": subset}
-
-
-def paired_metrics(fake: Sequence[torch.Tensor], truth: Sequence[torch.Tensor]) -> dict[str, float]:
-    """Mean PSNR (dB), SSIM and L1 on [0, 1] of each translation against its ground truth."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
-    psnr, ssim, l1 = [], [], []
-    for f, t in zip(fake, truth):
-        a, b = ((f.float().clamp(-1, 1) + 1) / 2)[None], ((t.float().clamp(-1, 1) + 1) / 2)[None]
-        if a.shape != b.shape:
-            b = torch.nn.functional.interpolate(b, size=a.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
-        psnr.append(float(peak_signal_noise_ratio(a, b, data_range=1.0)))
-        ssim.append(float(structural_similarity_index_measure(a, b, data_range=1.0)))
-        l1.append(float((a - b).abs().mean()))
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "l1": float(np.mean(l1)), "n_paired": len(l1)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -162,6 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--real", required=True, help="a folder of real target-domain images")
     p.add_argument("--paired", help="a folder of ground-truth translations, named as the inputs")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help="(default: AtoB)")
+    add_epoch_flag(p)
     p.add_argument("--size", type=int, default=None, help=(
         "with --checkpoint: translate at this shorter side (default: the run's training size, else 256)"))
     p.add_argument("--inception", help=f"the FID Inception network {INCEPTION_FILE} (default: searched in "
@@ -207,12 +118,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.checkpoint:
         if not args.input:
             raise CycleGANError("--checkpoint needs --input, the folder of source-domain images to translate")
-        gen = load_generator(args.checkpoint, args.direction, device)
+        gen = load_generator(args.checkpoint, args.direction, device, args.epoch)
         names, inputs = _read_folder(args.input, gen.in_channels, "--input")
         back = None
         reverse = "BtoA" if args.direction == "AtoB" else "AtoB"
         if reverse in gen.directions:  # the other generator closes the cycle (CycleGAN)
-            back = load_generator(args.checkpoint, reverse, device)
+            back = load_generator(args.checkpoint, reverse, device, args.epoch)
         size = args.size or (min(gen.train_size) if gen.train_size else 256)
         fakes, cycle = [], []
         for x in inputs:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from cyclegan.errors import CycleGANError
-from cyclegan.inference import Generator, OnnxGenerator, load_generator
+from cyclegan.inference import Generator, OnnxGenerator, add_epoch_flag, load_generator
 from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.utils import current_umask
 
@@ -48,6 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="the file to write (.onnx, or .pt for TorchScript)")
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB",
                    help="which generator of a run (default: AtoB)")
+    add_epoch_flag(p)
     p.add_argument("--opset", type=int, default=18, help=(
         "the ONNX opset the file holds: 18 and newer from torch.export, 7 to 17 from TorchScript's exporter (default: 18)"))
     p.add_argument("--tolerance", type=float, default=1e-4, help=(
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
                             "[-1, 1]: 2 or more would check nothing)")
     if args.format == "onnx":
         check_opset(args.opset)
-    gen = load_generator(args.checkpoint, args.direction, "cpu")
+    gen = load_generator(args.checkpoint, args.direction, "cpu", args.epoch)
     metadata = {"in_channels": str(gen.in_channels), "out_channels": str(gen.out_channels),
                 "multiple": str(gen.multiple), "direction": args.direction, "source": gen.source, "arch": gen.arch}
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")

@@ -3,7 +3,8 @@
 ``load_generator(path, direction)`` takes:
 
 - a run folder (its newest checkpoint: ``checkpoints/epoch_N.safetensors`` or a run checkpoint
-  under ``checkpoints/resume``), a run checkpoint folder, or an ``epoch_N.safetensors`` file:
+  under ``checkpoints/resume``; or with ``epoch`` (``--epoch``) ``best``, the networks
+  ``--keep_best`` kept, or an epoch's file), a run checkpoint folder, or an ``epoch_N.safetensors`` file:
   ``G_AB`` for ``AtoB``, ``G_BA`` for ``BtoA``, built from the run's config;
 - one generator's weights, ``.pth`` or ``.safetensors``: the reference code's ``G_AB_N.pth``, the
   official repository's ``latest_net_G_A.pth`` (its ``ResnetGenerator``: transposed-convolution
@@ -35,14 +36,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cyclegan.checkpoint import load_checkpoint, load_run_checkpoint, load_state_dict_file, newest_checkpoint
+from cyclegan.checkpoint import (
+    best_checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    load_run_checkpoint,
+    load_state_dict_file,
+    newest_checkpoint,
+)
 from cyclegan.errors import CycleGANError
 from cyclegan.models import UnetGenerator, build_generator, generator_multiple
 from cyclegan.options import TrainConfig
 from cyclegan.registry import get_model, model_of_saved
 from cyclegan.zoo import find_model, pretrained_path
 
-__all__ = ["Generator", "OnnxGenerator", "load_generator", "generator_from_state_dict", "translate_image"]
+__all__ = ["Generator", "OnnxGenerator", "load_generator", "run_folder_checkpoint", "generator_from_state_dict",
+           "translate_image", "add_epoch_flag"]
 
 
 @dataclass
@@ -248,13 +257,44 @@ def resolve_checkpoint(given: str | Path) -> Path:
     raise CycleGANError(f"--checkpoint {path}: no such file or folder")
 
 
-def load_generator(path: str | Path, direction: str = "AtoB", device: torch.device | str = "cpu") -> Generator:
-    """The generator for ``direction`` from a run folder, a checkpoint or a weights file."""
+def add_epoch_flag(parser: Any) -> None:
+    """``--epoch``, as translate, export, evaluate and serve take it."""
+    parser.add_argument("--epoch", default="latest", help=(
+        "with a run folder as --checkpoint: latest (the newest checkpoint written), best (the one --keep_best "
+        "kept) or an epoch number (checkpoints/epoch_N.safetensors) (default: latest)"))
+
+
+def run_folder_checkpoint(run_dir: Path, epoch: str = "latest") -> Path:
+    """The checkpoint of a run folder that ``--epoch`` names: ``latest`` (the newest written),
+    ``best`` (``--keep_best``'s), or an epoch number (``checkpoints/epoch_N.safetensors``)."""
+    if epoch == "latest":
+        return newest_checkpoint(run_dir)
+    if epoch == "best":
+        best = best_checkpoint_path(run_dir)
+        if not best.is_file():
+            raise CycleGANError(f"--epoch best: {run_dir} holds no {best.relative_to(run_dir)}; a run keeps its best "
+                                "generators when trained with --eval_every N --keep_best METRIC")
+        return best
+    saved = list_checkpoints(run_dir)
+    if not epoch.isdigit() or int(epoch) not in saved:
+        have = ", ".join(str(e) for e in saved) or "none"
+        raise CycleGANError(f"--epoch {epoch}: {run_dir} has no such checkpoint; use latest, best or an epoch it "
+                            f"saved (saved epochs: {have})")
+    return saved[int(epoch)]
+
+
+def load_generator(path: str | Path, direction: str = "AtoB", device: torch.device | str = "cpu",
+                   epoch: str = "latest") -> Generator:
+    """The generator for ``direction`` from a run folder (its checkpoint ``epoch``:
+    ``run_folder_checkpoint``), a checkpoint or a weights file."""
     if direction not in ("AtoB", "BtoA"):
         raise CycleGANError(f"--direction {direction}: use AtoB or BtoA")
     path = resolve_checkpoint(path)
     if path.is_dir() and (path / "checkpoints").is_dir():
-        path = newest_checkpoint(path)
+        path = run_folder_checkpoint(path, epoch)
+    elif epoch != "latest":
+        raise CycleGANError(f"--epoch {epoch} picks a checkpoint of a run folder; --checkpoint {path} is not one "
+                            "(give the run folder, or leave --epoch out)")
     if path.is_dir():
         if not (path / "networks.safetensors").is_file():
             raise CycleGANError(f"--checkpoint {path}: a folder that is neither a run folder (with checkpoints/) nor "

@@ -156,7 +156,8 @@ class RunLogger(NullLogger):
         self.jsonl.flush()
         if self.tb is not None:
             for key, value in values.items():
-                group = "lr" if key.startswith("lr_") else "speed" if key in ("img_s", "peak_fraction") else "loss"
+                group = ("lr" if key.startswith("lr_") else "speed" if key in ("img_s", "peak_fraction") else
+                         "eval" if key.startswith("eval_") else "loss")
                 self.tb.add_scalar(f"{group}/{key}", value, step)
             self.tb.flush()
         if self.wandb is not None:

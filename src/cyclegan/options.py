@@ -47,6 +47,11 @@ ARCH_PRESETS = {
 # 100 and 100: those two apply together, when neither --n_epochs nor --decay_epoch is given).
 
 
+# What --keep_best can follow, and which way is better: lower for the distances and errors.
+SCORES = ("fid", "kid", "psnr", "ssim", "l1", "cycle_l1")
+LOWER_IS_BETTER = frozenset({"fid", "kid", "l1", "cycle_l1"})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every setting of a run; stored as ``config.json`` in the run folder (which ``--config`` reads).
@@ -96,6 +101,13 @@ class TrainConfig:
     # Watching.
     logger: str = "tensorboard"
     log_interval: int = 10
+    # Scoring while training.
+    eval_every: int = 0
+    eval_every_steps: int = 0
+    eval_images: int = 50
+    keep_best: str | None = None
+    early_stop: int = 0
+    inception: str | None = None
     # Speed.
     amp: str = "auto"
     channels_last: str = "auto"
@@ -304,6 +316,25 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     watch.add_argument("--log_interval", type=int, help=_help(
         "steps between logged metrics (and the last step of each epoch)", d.log_interval))
 
+    score = p.add_argument_group("scoring while training (docs/training.md#scoring-while-training)")
+    score.add_argument("--eval_every", type=int, metavar="EPOCHS", help=_help(
+        "score the generators every N epochs on a fixed subset of the held-out images (test/, else train/): FID "
+        "and KID (with the FID Inception network), PSNR, SSIM and L1 against paired truth (pix2pix), the cycle "
+        "error (CycleGAN); into metrics.jsonl, TensorBoard and the report. 0: never", d.eval_every))
+    score.add_argument("--eval_every_steps", type=int, metavar="STEPS", help=_help(
+        "also score every N steps (0: not by steps)", d.eval_every_steps))
+    score.add_argument("--eval_images", type=int, help=_help(
+        "held-out images scored each time: the same ones every time (a fixed, seeded choice)", d.eval_images))
+    score.add_argument("--keep_best", choices=SCORES, help=_help(
+        "keep the generators of the best score so far in <output>/checkpoints/best.safetensors (translate, "
+        "export, evaluate and serve take it as --checkpoint <output> --epoch best)", "none"))
+    score.add_argument("--early_stop", type=int, metavar="K", help=_help(
+        "stop (saving, as --max_steps does) when the --keep_best score has not improved for K scorings; 0: never",
+        d.early_stop))
+    score.add_argument("--inception", metavar="PATH", help=(
+        "the FID Inception network for FID and KID (default: as cyclegan evaluate looks for it; without it, "
+        "scoring leaves FID and KID out, and --keep_best fid|kid is refused before training)"))
+
     speed = p.add_argument_group("speed")
     speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help=_help(
         "mixed precision (autocast; the losses and weights stay float32; fp16 adds a gradient scaler): auto is "
@@ -429,6 +460,7 @@ def _config_file_argv(path: str) -> list[str]:
 INVOCATION_FIELDS = ("overwrite", "resume", "max_steps")
 
 
+
 def _resolve_aliases(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Map the official option names onto ours, refusing contradictions (``base``: the values
     these flags are laid over, e.g. a config file's)."""
@@ -505,6 +537,30 @@ def parse_config(argv: Sequence[str]) -> tuple[TrainConfig, set[str], bool]:
             if "arch" in explicit:
                 explicit.add(key)
     return TrainConfig(**given), explicit, print_config
+
+
+def check_scoring(config: TrainConfig) -> None:
+    """The scoring flags agree with each other and with the model (the Inception file is looked
+    for when the run starts, ``scoring.Scorer``)."""
+    for flag in ("eval_every", "eval_every_steps", "early_stop"):
+        if getattr(config, flag) < 0:
+            raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 (never) or more")
+    if config.eval_images < 2:
+        raise CycleGANError(f"--eval_images {config.eval_images}: score at least 2 images (FID and KID compare sets)")
+    scoring = config.eval_every > 0 or config.eval_every_steps > 0
+    if config.keep_best and not scoring:
+        raise CycleGANError(f"--keep_best {config.keep_best} keeps the best of the scorings: give --eval_every N "
+                            "(epochs) or --eval_every_steps N as well")
+    if config.early_stop and not config.keep_best:
+        raise CycleGANError(f"--early_stop {config.early_stop} stops when a score stops improving: name it with "
+                            "--keep_best (fid, kid, psnr, ssim, l1 or cycle_l1)")
+    model = get_model(config.model)
+    if config.keep_best in ("psnr", "ssim", "l1") and not model.paired:
+        raise CycleGANError(f"--keep_best {config.keep_best} compares with paired truth, which --model {config.model} "
+                            "does not have: use fid or kid" + (", or cycle_l1" if "BtoA" in model.generators else ""))
+    if config.keep_best == "cycle_l1" and "BtoA" not in model.generators:
+        raise CycleGANError(f"--keep_best cycle_l1: --model {config.model} has no generator back to A, so no cycle; "
+                            "use fid or kid")
 
 
 def validate(config: TrainConfig) -> None:
@@ -630,6 +686,7 @@ def _check_numbers(config: TrainConfig) -> None:
         raise CycleGANError(f"--keep_checkpoints {config.keep_checkpoints}: keep at least 1")
     if config.max_steps is not None and config.max_steps < 1:
         raise CycleGANError(f"--max_steps {config.max_steps}: use 1 or more")
+    check_scoring(config)
     for flag in ("n_residual_blocks", "n_cpu", "pool_size", "save_every_steps"):
         if getattr(config, flag) < 0:
             raise CycleGANError(f"--{flag} {getattr(config, flag)}: use 0 or more")

@@ -24,6 +24,7 @@ from typing import Any
 from cyclegan.checkpoint import newest_checkpoint
 from cyclegan.errors import CycleGANError
 from cyclegan.logger import read_metrics
+from cyclegan.options import LOWER_IS_BETTER
 from cyclegan.registry import model_of_saved
 from cyclegan.runtime import add_debug_flag, run_command
 from cyclegan.utils import atomic_write
@@ -91,6 +92,35 @@ def loss_chart(records: list[dict[str, Any]], panels: Panels = COMMON_PANELS) ->
     return buffer.getvalue()
 
 
+def score_chart(records: list[dict[str, Any]]) -> bytes:
+    """The scores of ``--eval_every`` against the step, a panel per score, the best point of each
+    marked (lowest for distances and errors, highest for PSNR and SSIM)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for r in records for k in r if k.startswith("eval_")})
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), dpi=100, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["step"], _number(r[key])) for r in records if key in r and math.isfinite(_number(r[key]))]
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3, linewidth=1, label=key)
+            metric = key.removeprefix("eval_")
+            best = (min if metric in LOWER_IS_BETTER else max)(points, key=lambda p: p[1])
+            ax.plot([best[0]], [best[1]], marker="*", markersize=14, color="tab:red", linestyle="none",
+                    label=f"best {best[1]:.4g} at step {best[0]}")
+            ax.legend(fontsize=8)
+        ax.set_title(key.removeprefix("eval_"), fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def pick_samples(samples: list[Path], at_most: int = 8) -> list[Path]:
     """At most ``at_most`` grids spread evenly over the run, the first and the last included."""
     if len(samples) <= at_most:
@@ -119,7 +149,9 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if not isinstance(config, dict):
         raise CycleGANError(f"{run_dir / 'config.json'}: damaged (not a JSON mapping of options); restore it from the "
                             "run's checkpoint metadata or start the run again")
-    records = read_metrics(run_dir)
+    everything = read_metrics(run_dir)
+    records = [r for r in everything if not any(k.startswith("eval_") for k in r)]  # the training steps'
+    scored = [r for r in everything if any(k.startswith("eval_") for k in r)]
     samples = sorted((run_dir / "samples").glob("*.png"))
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -141,6 +173,13 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         parts.append(f"<img id='loss-chart' alt='loss curves' src='{_png_data_url(chart)}'>")
     else:
         parts.append("<p id='no-metrics'>No metrics.jsonl yet: the run has logged no step.</p>")
+    if scored:
+        parts.append("<h2>Scores while training</h2>")
+        best = run_dir / "checkpoints" / "best.safetensors"
+        if best.is_file():
+            parts.append(f"<p id='best'>best generators (--keep_best {html.escape(str(config.get('keep_best')))}): "
+                         f"<code>{html.escape(str(best))}</code></p>")
+        parts.append(f"<img id='score-chart' alt='scores while training' src='{_png_data_url(score_chart(scored))}'>")
     parts.append("<h2>Samples</h2><p>Rows: real A, G_AB(A), real B, then G_BA(B) (CycleGAN) or G_AB(B) (CUT, "
                  "FastCUT); test images.</p><div id='samples'>")
     for path in pick_samples(samples):

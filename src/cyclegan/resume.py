@@ -202,15 +202,17 @@ class Position:
 
 
 def training_state(position: Position, optimizers: dict[str, torch.optim.Optimizer], schedulers: dict[str, Any],
-                   buffers: dict[str, ReplayBuffer | None], scaler: Any, config: TrainConfig) -> dict[str, Any]:
-    """What a run checkpoint's ``state.pt`` holds besides the networks."""
+                   buffers: dict[str, ReplayBuffer | None], scaler: Any, config: TrainConfig,
+                   best: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a run checkpoint's ``state.pt`` holds besides the networks (``best``: the best
+    score so far, ``scoring.Best``)."""
     return {
         "format": 1, "epoch": position.epoch, "batch": position.batch, "step": position.step,
         "loss_G_sum": position.loss_G_sum,
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
         "buffers": buffers_state(buffers), "rng": rng_state(), "config": config.to_json(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None, "best": best,
     }
 
 

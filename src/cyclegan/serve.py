@@ -32,7 +32,7 @@ from PIL import Image
 
 from cyclegan.errors import CycleGANError
 from cyclegan.images import read_image, tensor_to_image, with_alpha, write_image
-from cyclegan.inference import automatic_tile, load_generator, translate_image
+from cyclegan.inference import add_epoch_flag, automatic_tile, load_generator, translate_image
 from cyclegan.runtime import add_debug_flag, available_bytes, resolve_device, run_command
 
 __all__ = ["main", "build_app", "Translator"]
@@ -44,12 +44,12 @@ class Translator:
     """The generators of a checkpoint, loaded once; ``__call__`` translates one image file."""
 
     def __init__(self, checkpoint: str, device: torch.device, max_pixels: int, tile: int | None = None,
-                 out_dir: Path | None = None) -> None:
+                 out_dir: Path | None = None, epoch: str = "latest") -> None:
         self.device, self.max_pixels, self.tile = device, max_pixels, tile
-        first = load_generator(checkpoint, "AtoB", device)
+        first = load_generator(checkpoint, "AtoB", device, epoch)
         self.generators = {"AtoB": first}
         for direction in first.directions[1:]:  # a CycleGAN run: both directions
-            self.generators[direction] = load_generator(checkpoint, direction, device)
+            self.generators[direction] = load_generator(checkpoint, direction, device, epoch)
         self.source = first.source.removesuffix(" (G_AB)")
         self.out_dir = out_dir if out_dir is not None else Path(tempfile.mkdtemp(prefix="cyclegan-serve-"))
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -111,6 +111,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "A web page to try a trained model: upload an image, choose the direction, see and download the "
         "translation (Gradio)."))
     p.add_argument("--checkpoint", required=True, help="a run folder, a checkpoint, or one generator's weights")
+    add_epoch_flag(p)
     p.add_argument("--host", default="127.0.0.1", help=(
         "interface to listen on (default: 127.0.0.1, this machine only; 0.0.0.0 opens it to the network)"))
     p.add_argument("--port", type=int, default=7860, help="(default: 7860)")
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ["GRADIO_TEMP_DIR"] = str(workspace / "uploads")
     try:
         translator = Translator(args.checkpoint, resolve_device(args.device), args.max_pixels, args.tile,
-                                out_dir=workspace / "translations")
+                                out_dir=workspace / "translations", epoch=args.epoch)
         app = build_app(translator, args.max_upload_mb)
         log.info("serving %s on http://%s:%d", translator.source, args.host, args.port)
         with terminate_as_interrupt():

@@ -31,7 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from cyclegan.checkpoint import checkpoint_path, list_run_checkpoints, resume_dir, save_networks, save_run_checkpoint
+from cyclegan.checkpoint import (
+    best_checkpoint_path,
+    checkpoint_path,
+    list_run_checkpoints,
+    resume_dir,
+    save_networks,
+    save_run_checkpoint,
+)
 from cyclegan.distributed import (
     DistEnv,
     any_rank,
@@ -65,6 +72,7 @@ from cyclegan.resume import (
     training_state,
 )
 from cyclegan.runlock import hold_run_folder
+from cyclegan.scoring import Best, Scorer, improved
 from cyclegan.runtime import StopSignals, format_eta, report_failure, resolve_device, setup_logging, split_debug
 from cyclegan.step import build_optimizers, build_schedulers, run_step, step_schedulers
 from cyclegan.utils import ReplayBuffer, atomic_write, seed_everything
@@ -91,6 +99,9 @@ class Run:
     buffers: dict[str, ReplayBuffer | None]
     scaler: Any
     position: Position
+    scorer: Scorer | None = None  # --eval_every / --eval_every_steps (rank 0)
+    best: Best | None = None  # --keep_best
+    stop_reason: str | None = None  # set when --early_stop ends the run
 
 
 def train(config: TrainConfig, explicit: set[str] | None = None) -> Path:
@@ -109,12 +120,24 @@ def train(config: TrainConfig, explicit: set[str] | None = None) -> Path:
                                 "a checkpoint folder with --resume PATH")
     else:
         validate(config)
+        check_scoring_files(config)
         config, _ = choose_dataset(config, dataset_name_given)  # no dataset given: the demo data, and runs/demo
         run_dir = default_run_dir(config)
         check_run_dir(config, run_dir)
     is_main = env_from_environment().is_main
     with hold_run_folder(run_dir) if is_main else contextlib.nullcontext():
         return train_in_folder(config, explicit)
+
+
+def check_scoring_files(config: TrainConfig) -> None:
+    """``--keep_best fid|kid`` needs the FID Inception network: refused before any work."""
+    if config.keep_best in ("fid", "kid"):
+        from cyclegan.measures import find_inception
+
+        try:
+            find_inception(config.inception)
+        except CycleGANError as exc:
+            raise CycleGANError(f"--keep_best {config.keep_best}: {exc}") from None
 
 
 def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
@@ -124,6 +147,8 @@ def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
     if config.resume:
         resumed = resume_point(config, explicit, is_main=env_from_environment().is_main)
         config = resumed.config
+        validate(config)
+        check_scoring_files(config)
     validate(config)
     env, device = init_distributed(resolve_device(config.device))
     if not env.is_main:
@@ -136,7 +161,12 @@ def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
     data = open_data(config, data_root, run_dir, env)  # every image checked before the old run is cleared
     start = resumed or new_start(config, env)
     seed_everything(config.seed + env.rank)  # per-rank model randomness; rank 0's weights are broadcast
+    scorer = Scorer(config, data.val, run_dir, device) if env.is_main and (
+        config.eval_every or config.eval_every_steps) else None
     run = build_run(start, env, device)
+    run.scorer = scorer
+    if config.keep_best:
+        run.best = Best.from_state(config.keep_best, (start.state or {}).get("best"))
     if run.position.epoch >= config.n_epochs:
         log.info("the run in %s is already finished (%d epochs); pass a larger --n_epochs to continue it",
                  run.run_dir, config.n_epochs)
@@ -318,7 +348,9 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
             grid = run.run_dir / "samples" / f"{batches_done:07d}.png"
             sample_images(config, run.nets, samples, grid, run.device)
             run_logger.image(batches_done, grid)
-        stopping = any_rank(stop.signum is not None, env, run.device) or (
+        if config.eval_every_steps and position.step % config.eval_every_steps == 0 and i + 1 < n_batches:
+            score_now(run, epoch, run_logger)
+        stopping = any_rank(stop.signum is not None, env, run.device) or run.stop_reason is not None or (
             config.max_steps is not None and position.step >= config.max_steps)
         if i + 1 < n_batches and (stopping or (config.save_every_steps and position.step % config.save_every_steps == 0)):
             save_run(run, epoch, i + 1)
@@ -326,7 +358,8 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
             break
     progress.close()
     if i + 1 == n_batches:
-        end_epoch(run, epoch, n_batches)
+        end_epoch(run, epoch, n_batches, run_logger)
+        stopping = stopping or run.stop_reason is not None
     return stopping
 
 
@@ -345,12 +378,16 @@ def layout(run: Run) -> torch.memory_format:
     return torch.channels_last if run.speed.channels_last else torch.contiguous_format
 
 
-def end_epoch(run: Run, epoch: int, n_batches: int) -> None:
-    """Step the schedulers; save the networks when ``--checkpoint_interval`` (or the end) asks,
+def end_epoch(run: Run, epoch: int, n_batches: int, run_logger: NullLogger) -> None:
+    """Step the schedulers; score when ``--eval_every`` (or ``--eval_every_steps`` at the
+    epoch's last step) asks; save the networks when ``--checkpoint_interval`` (or the end) asks,
     and a run checkpoint at the start of the next epoch."""
     config = run.config
     step_schedulers(run.schedulers, run.position.loss_G_sum / max(1, n_batches))
     completed = epoch + 1
+    if (config.eval_every and completed % config.eval_every == 0) or (
+            config.eval_every_steps and run.position.step % config.eval_every_steps == 0):
+        score_now(run, completed, run_logger)
     if run.env.is_main and (completed == config.n_epochs or (
         config.checkpoint_interval != -1 and completed % config.checkpoint_interval == 0
     )):
@@ -360,12 +397,44 @@ def end_epoch(run: Run, epoch: int, n_batches: int) -> None:
     save_run(run, completed, 0)
 
 
+def score_now(run: Run, epoch: int, run_logger: NullLogger) -> None:
+    """Score the generators (rank 0; the others wait), log the scores, keep the best
+    generators (``--keep_best``) and note when ``--early_stop`` ends the run. ``epoch``: the
+    epochs completed (a scoring inside an epoch counts the one under way as not completed)."""
+    config, position = run.config, run.position
+    if run.scorer is not None:
+        scores = run.scorer.score(run.nets)
+        run_logger.scalars(position.step, {f"eval_{k}": v for k, v in scores.items()}, epoch=epoch)
+        text = ", ".join(f"{k} {v:.4g}" for k, v in scores.items())
+        best = run.best
+        if best is not None:
+            value = scores[best.metric]
+            if improved(best.metric, value, best.value):
+                best.value, best.epoch, best.step, best.since = value, epoch, position.step, 0
+                save_networks(best_checkpoint_path(run.run_dir), run.nets, {
+                    "epoch": epoch, "step": position.step, "config": config.to_json(),
+                    "best": {"metric": best.metric, "value": value}})
+                text += f"; best {best.metric} so far: kept in {best_checkpoint_path(run.run_dir)}"
+            else:
+                best.since += 1
+                text += (f"; best {best.metric} {best.value:.4g} at epoch {best.epoch} (step {best.step}), "
+                         f"{best.since} scoring(s) ago")
+            if config.early_stop and best.since >= config.early_stop:
+                run.stop_reason = (f"--early_stop {config.early_stop}: {best.metric} has not improved for "
+                                   f"{best.since} scorings (best {best.value:.4g} at epoch {best.epoch}, step "
+                                   f"{best.step}, kept in {best_checkpoint_path(run.run_dir)})")
+        log.info("scores at epoch %d, step %d: %s", epoch, position.step, text)
+    if any_rank(run.stop_reason is not None, run.env, run.device) and run.stop_reason is None:
+        run.stop_reason = "--early_stop (on rank 0)"  # every rank stops at this step
+
+
 def save_run(run: Run, epoch: int, batch: int) -> Path | None:
     """A run checkpoint (rank 0) from which ``--resume`` continues at ``epoch``, ``batch``."""
     if not run.env.is_main:
         return None
     position = dataclasses.replace(run.position, epoch=epoch, batch=batch)
-    state = training_state(position, run.optimizers, run.schedulers, run.buffers, run.scaler, run.config)
+    state = training_state(position, run.optimizers, run.schedulers, run.buffers, run.scaler, run.config,
+                           best=run.best.to_state() if run.best else None)
     try:
         return save_run_checkpoint(run.run_dir, position.step, run.nets, state, keep=run.config.keep_checkpoints)
     except OSError as exc:
@@ -398,10 +467,13 @@ def stop_if_diverged(run: Run, values: dict[str, float], batch: dict[str, Any], 
 def stop_run(run: Run, stop: StopSignals) -> Path:
     """Every rank has stopped at the same step (and saved): leave together, as at the end of
     training, so that none tears its process group down while another still saves. A signal
-    raises ``TrainingStopped``; ``--max_steps`` returns the run folder."""
+    raises ``TrainingStopped``; ``--max_steps`` and ``--early_stop`` return the run folder."""
     barrier(run.env)
     config, step = run.config, run.position.step
     resume_cmd = f"cyclegan train --resume --output {run.run_dir}"
+    if run.stop_reason is not None:
+        log.info("stopped early at step %d by %s; continue with: %s", step, run.stop_reason, resume_cmd)
+        return run.run_dir
     if config.max_steps is None or step < config.max_steps:  # a signal, here or on another rank
         signum = stop.signum or signal.SIGTERM
         raise TrainingStopped(

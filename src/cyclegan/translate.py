@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 from cyclegan.errors import CycleGANError
 from cyclegan.images import IMG_EXTENSIONS, list_images, read_image, tensor_to_image, write_image
 from cyclegan.inference import (
+    add_epoch_flag,
     Generator,
     OnnxGenerator,
     automatic_tile,
@@ -71,6 +72,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=("AtoB", "BtoA"), default="AtoB", help=(
         "which generator of a run: G_AB (AtoB) or G_BA (BtoA); a file with one generator has no choice "
         "(default: AtoB)"))
+    add_epoch_flag(p)
     p.add_argument("--resize", action="store_true", help=(
         "translate at the training size (the shorter side scaled to it) and scale the result back to the "
         "image's size, instead of at full resolution"))
@@ -252,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         gen = OnnxGenerator(Path(args.checkpoint))
     else:
-        gen = load_generator(args.checkpoint, args.direction, device)
+        gen = load_generator(args.checkpoint, args.direction, device, args.epoch)
     log.info("%s: %d -> %d channels; %d images", gen.source, gen.in_channels, gen.out_channels, len(targets))
     work_size = args.size or (min(gen.train_size) if gen.train_size else 256)
 
