@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import SMALL_RUN, run_here, write_inception_stand_in
+from PIL import Image
 from safetensors.torch import load_file
 
 from cyclegan import scoring
@@ -129,3 +130,24 @@ def test_scoring_flags_that_cannot_work_are_refused_before_any_work(image_folder
     result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *RUN, *flags)
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not run.exists()
+
+
+def test_eval_paired_scores_an_unpaired_model_against_the_truth_of_the_same_name(tmp_path):
+    # The demo's held-out pairs: test/B/k.png is the true translation of test/A/k.png.
+    run = tmp_path / "run"
+    result = run_here("train", "--dataset_name", "demo", "--output", str(run), *RUN, "--n_epochs", "1",
+                      "--decay_epoch", "0", "--max_steps", "3", "--eval_every_steps", "3", "--eval_paired",
+                      "--eval_images", "6", "--keep_best", "psnr")
+    assert result.returncode == 0, result.stderr
+    (record,) = scores(run)
+    assert {"eval_psnr", "eval_ssim", "eval_l1", "eval_cycle_l1"} <= set(record) and record["eval_psnr"] > 0
+    assert "on 6 held-out images" in result.stderr
+    data = tmp_path / "data"
+    for domain, names in (("A", ("x", "y")), ("B", ("x", "z"))):
+        for split in ("train", "test"):
+            for name in names:
+                (data / split / domain).mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (32, 32), (10, 200, 30)).save(data / split / domain / f"{name}.png")
+    unmatched = run_here("train", "--dataroot", str(data), "--output", str(tmp_path / "r2"), *RUN, "--eval_every",
+                         "1", "--eval_paired")
+    assert unmatched.returncode == 2 and "--eval_paired:" in unmatched.stderr and "y.png" in unmatched.stderr

@@ -105,6 +105,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_every_steps: int = 0
     eval_images: int = 50
+    eval_paired: bool = False
     keep_best: str | None = None
     early_stop: int = 0
     inception: str | None = None
@@ -325,6 +326,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "also score every N steps (0: not by steps)", d.eval_every_steps))
     score.add_argument("--eval_images", type=int, help=_help(
         "held-out images scored each time: the same ones every time (a fixed, seeded choice)", d.eval_images))
+    score.add_argument("--eval_paired", action="store_true", help=(
+        "the held-out A and B files of the same name are pairs (B the true translation of A): score PSNR, SSIM "
+        "and L1 against them for an unpaired model too (pix2pix always does)"))
     score.add_argument("--keep_best", choices=SCORES, help=_help(
         "keep the generators of the best score so far in <output>/checkpoints/best.safetensors (translate, "
         "export, evaluate and serve take it as --checkpoint <output> --epoch best)", "none"))
@@ -555,9 +559,10 @@ def check_scoring(config: TrainConfig) -> None:
         raise CycleGANError(f"--early_stop {config.early_stop} stops when a score stops improving: name it with "
                             "--keep_best (fid, kid, psnr, ssim, l1 or cycle_l1)")
     model = get_model(config.model)
-    if config.keep_best in ("psnr", "ssim", "l1") and not model.paired:
-        raise CycleGANError(f"--keep_best {config.keep_best} compares with paired truth, which --model {config.model} "
-                            "does not have: use fid or kid" + (", or cycle_l1" if "BtoA" in model.generators else ""))
+    if config.keep_best in ("psnr", "ssim", "l1") and not (model.paired or config.eval_paired):
+        raise CycleGANError(f"--keep_best {config.keep_best} compares with paired truth: give --eval_paired when the "
+                            "held-out A and B files of the same name are pairs, or use fid or kid"
+                            + (", or cycle_l1" if "BtoA" in model.generators else ""))
     if config.keep_best == "cycle_l1" and "BtoA" not in model.generators:
         raise CycleGANError(f"--keep_best cycle_l1: --model {config.model} has no generator back to A, so no cycle; "
                             "use fid or kid")

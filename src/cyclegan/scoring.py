@@ -9,7 +9,8 @@ scores the translations the way ``cyclegan evaluate`` does, with the same code:
   (loaded once; the real images' features computed once and cached in ``<run>/eval/``). Left
   out, with one log line, when the Inception file is not there (unless ``--keep_best`` asks
   for them: then the run is refused before training);
-- PSNR, SSIM and L1 against the paired truth (a paired model: pix2pix);
+- PSNR, SSIM and L1 against the paired truth (a paired model: pix2pix; with ``--eval_paired``
+  any model, the held-out A and B files of the same name being pairs);
 - the cycle error ``|G_BA(G_AB(A)) - A|`` (CycleGAN).
 
 Scoring runs in inference mode with the generators in eval mode (batch norm's running
@@ -73,6 +74,17 @@ def improved(metric: str, value: float, best: float | None) -> bool:
     return value < best if metric in LOWER_IS_BETTER else value > best
 
 
+def _check_pairs_by_name(val: Any) -> None:
+    """``--eval_paired``: every held-out A file has a B file of the same name, and no more."""
+    a, b = {Path(p).stem: p for p in val.files_A}, {Path(p).stem: p for p in val.files_B}
+    alone = sorted(set(a) ^ set(b))
+    if alone:
+        first = a.get(alone[0]) or b.get(alone[0])
+        raise CycleGANError(f"--eval_paired: {first} has no partner of the same name in the other domain's held-out "
+                            f"folder ({len(alone)} file(s) without one); pairs share a name (A/x.png and B/x.png), "
+                            "or leave --eval_paired out")
+
+
 class Scorer:
     """The held-out subset, the Inception network and the real features, set up once before
     training (so that a missing file or too few images stop the run before any work)."""
@@ -82,7 +94,9 @@ class Scorer:
         model = get_model(config.model)
         self.forward_name = model.generators["AtoB"]
         self.back_name = model.generators.get("BtoA")
-        self.paired = model.paired
+        self.paired = model.paired or config.eval_paired
+        if config.eval_paired and not model.paired:
+            _check_pairs_by_name(val)
         n = len(val)
         if n < 2:
             raise CycleGANError(f"--eval_every: the held-out set has {n} image(s); scoring needs at least 2 (FID and "
@@ -93,6 +107,10 @@ class Scorer:
                      n, config.eval_images)
         chosen = sorted(np.random.default_rng(0).permutation(n)[:count].tolist())  # the same every time
         items = [val[(0, 0, i)] for i in chosen]  # val's transform is fixed; keyed items leave torch's RNG alone
+        for item in items if config.eval_paired else ():
+            if Path(item["A_path"]).stem != Path(item["B_path"]).stem:  # the two folders sort differently
+                raise CycleGANError(f"--eval_paired: {item['A_path']} and {item['B_path']} come in the same place "
+                                    "but differ in name; give pairs the same name and extension")
         self.real_A = torch.stack([item["A"] for item in items])
         self.real_B = torch.stack([item["B"] for item in items])
         self.files_B = [item["B_path"] for item in items]
