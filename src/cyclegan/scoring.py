@@ -43,6 +43,7 @@ __all__ = ["Best", "Scorer", "improved"]
 
 log = logging.getLogger("cyclegan.train")
 
+
 @dataclass
 class Best:
     """The best ``metric`` score so far (None before the first scoring), the epoch and step it

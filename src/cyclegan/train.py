@@ -72,8 +72,8 @@ from cyclegan.resume import (
     training_state,
 )
 from cyclegan.runlock import hold_run_folder
-from cyclegan.scoring import Best, Scorer, improved
 from cyclegan.runtime import StopSignals, format_eta, report_failure, resolve_device, setup_logging, split_debug
+from cyclegan.scoring import Best, Scorer, improved
 from cyclegan.step import build_optimizers, build_schedulers, run_step, step_schedulers
 from cyclegan.utils import ReplayBuffer, atomic_write, seed_everything
 
@@ -147,9 +147,9 @@ def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
     if config.resume:
         resumed = resume_point(config, explicit, is_main=env_from_environment().is_main)
         config = resumed.config
-        validate(config)
-        check_scoring_files(config)
     validate(config)
+    if resumed:
+        check_scoring_files(config)  # a new run's were checked in train()
     env, device = init_distributed(resolve_device(config.device))
     if not env.is_main:
         logging.getLogger("cyclegan").setLevel(logging.WARNING)
