@@ -151,3 +151,31 @@ def test_eval_paired_scores_an_unpaired_model_against_the_truth_of_the_same_name
     unmatched = run_here("train", "--dataroot", str(data), "--output", str(tmp_path / "r2"), *RUN, "--eval_every",
                          "1", "--eval_paired")
     assert unmatched.returncode == 2 and "--eval_paired:" in unmatched.stderr and "y.png" in unmatched.stderr
+
+
+@pytest.mark.parametrize("model, flags, expected", [
+    ("pix2pix", ("--netG", "resnet", "--keep_best", "ssim"), {"eval_fid", "eval_kid", "eval_psnr", "eval_ssim",
+                                                              "eval_l1"}),
+    ("fastcut", ("--nce_layers", "0,4,7,10", "--num_patches", "16", "--keep_best", "kid"), {"eval_fid", "eval_kid"}),
+])
+def test_every_model_scores_what_it_has(image_folders, tmp_path, model, flags, expected):
+    # pix2pix: FID, KID and the paired truth, no cycle (the test folders pair by name); FastCUT: FID and KID.
+    inception = write_inception_stand_in(tmp_path / "inception.pt")
+    run = tmp_path / "run"
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *RUN, "--model", model,
+                      *flags, "--n_epochs", "1", "--decay_epoch", "0", "--eval_every", "1", "--inception",
+                      str(inception))
+    assert result.returncode == 0, result.stderr
+    (record,) = scores(run)
+    assert {k for k in record if k.startswith("eval_")} == expected
+    assert (run / "checkpoints" / "best.safetensors").is_file()
+
+
+def test_a_model_with_nothing_to_score_is_refused_before_training(image_folders, tmp_path, monkeypatch):
+    monkeypatch.setenv("CYCLEGAN_INCEPTION", str(tmp_path / "nowhere.pt"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    result = run_here("train", "--dataroot", str(image_folders), "--output", str(tmp_path / "run"), *RUN, "--model",
+                      "cut", "--nce_layers", "0,4,7,10", "--num_patches", "16", "--eval_every", "1")
+    assert result.returncode == 2 and "nothing to score" in result.stderr and "cyclegan download inception" in \
+        result.stderr
+    assert not list((tmp_path / "run").glob("checkpoints/*"))

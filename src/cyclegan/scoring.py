@@ -128,6 +128,10 @@ class Scorer:
         else:
             self.features = InceptionFeatures(inception, device)
             self.real_features = self._cached_real_features(inception, run_dir)
+        if not self.names():
+            raise CycleGANError(f"--eval_every: --model {config.model} has nothing to score without the FID Inception "
+                                "network (no paired truth, no cycle): fetch it with cyclegan download inception (or "
+                                "give --inception PATH), or give --eval_paired when the held-out files are pairs")
         log.info("scoring every %s on %d held-out images: %s", self._interval(), count, ", ".join(self.names()))
 
     def _interval(self) -> str:
