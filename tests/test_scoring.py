@@ -61,6 +61,8 @@ def test_the_best_checkpoint_is_the_networks_at_its_scoring_and_survives_resume(
     kept = load_file(straight / "checkpoints" / "best.safetensors")
     at_epoch = load_file(straight / "checkpoints" / f"epoch_{best['epoch']}.safetensors")
     assert kept.keys() == at_epoch.keys() and all(torch.equal(kept[k], at_epoch[k]) for k in kept)
+    report = (straight / "report.html").read_text()  # the chart of the scores, the best file named
+    assert "id='score-chart'" in report and str(straight / "checkpoints" / "best.safetensors") in report
     state = load_run_checkpoint(list_run_checkpoints(straight)[-1])[1]
     assert state["best"]["value"] == pytest.approx(best["eval_cycle_l1"]) and state["best"]["epoch"] == best["epoch"]
     # Stopped after epoch 2 and resumed: the same best, the same best file, the same networks.

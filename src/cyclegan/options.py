@@ -464,7 +464,6 @@ def _config_file_argv(path: str) -> list[str]:
 INVOCATION_FIELDS = ("overwrite", "resume", "max_steps")
 
 
-
 def _resolve_aliases(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Map the official option names onto ours, refusing contradictions (``base``: the values
     these flags are laid over, e.g. a config file's)."""

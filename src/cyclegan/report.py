@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cyclegan.checkpoint import newest_checkpoint
+from cyclegan.checkpoint import best_checkpoint_path, newest_checkpoint
 from cyclegan.errors import CycleGANError
 from cyclegan.logger import read_metrics
 from cyclegan.options import LOWER_IS_BETTER
@@ -175,7 +175,7 @@ def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
         parts.append("<p id='no-metrics'>No metrics.jsonl yet: the run has logged no step.</p>")
     if scored:
         parts.append("<h2>Scores while training</h2>")
-        best = run_dir / "checkpoints" / "best.safetensors"
+        best = best_checkpoint_path(run_dir)
         if best.is_file():
             parts.append(f"<p id='best'>best generators (--keep_best {html.escape(str(config.get('keep_best')))}): "
                          f"<code>{html.escape(str(best))}</code></p>")
