@@ -90,6 +90,8 @@ def test_early_stop_stops_at_the_scoring_that_says_so(image_folders, tmp_path, m
                                                     "since": 2}
     assert "--early_stop 2: cycle_l1 has not improved for 2 scorings" in result.stderr
     assert "stopped early at step 8" in result.stderr and "cyclegan train --resume" in result.stderr
+    # The progress line shows the latest score and the best so far once there is one.
+    assert "| cycle_l1 2.5 (best 2 at epoch 1)" in result.stderr
 
 
 def test_epoch_best_in_the_commands_that_read_a_run(image_folders, tmp_path):
@@ -159,9 +161,11 @@ def test_eval_paired_scores_an_unpaired_model_against_the_truth_of_the_same_name
     ("pix2pix", ("--netG", "resnet", "--keep_best", "ssim"), {"eval_fid", "eval_kid", "eval_psnr", "eval_ssim",
                                                               "eval_l1"}),
     ("fastcut", ("--nce_layers", "0,4,7,10", "--num_patches", "16", "--keep_best", "kid"), {"eval_fid", "eval_kid"}),
+    ("cyclegan", ("--amp", "bf16", "--keep_best", "fid"), {"eval_fid", "eval_kid", "eval_cycle_l1"}),
 ])
 def test_every_model_scores_what_it_has(image_folders, tmp_path, model, flags, expected):
-    # pix2pix: FID, KID and the paired truth, no cycle (the test folders pair by name); FastCUT: FID and KID.
+    # pix2pix: FID, KID and the paired truth, no cycle (the test folders pair by name); FastCUT: FID and KID;
+    # CycleGAN trained under bfloat16 autocast (scoring runs the float32 networks as they are).
     inception = write_inception_stand_in(tmp_path / "inception.pt")
     run = tmp_path / "run"
     result = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *RUN, "--model", model,

@@ -54,11 +54,12 @@ class Progress:
     """A tqdm bar on a terminal; otherwise a log line every tenth of an epoch."""
 
     def __init__(self, total: int, epoch: int, n_epochs: int, done: int = 0,
-                 terms: tuple[str, ...] = LOSS_TERMS) -> None:
-        """``terms``: the loss terms shown, in order (``D``, ``G`` and the model's ``loss_names``)."""
+                 terms: tuple[str, ...] = LOSS_TERMS, score: str | None = None) -> None:
+        """``terms``: the loss terms shown, in order (``D``, ``G`` and the model's ``loss_names``);
+        ``score``: the latest score and the best so far (``--eval_every``), shown after them."""
         from tqdm import tqdm
 
-        self.total, self.epoch, self.n_epochs, self.terms = total, epoch, n_epochs, terms
+        self.total, self.epoch, self.n_epochs, self.terms, self.score = total, epoch, n_epochs, terms, score
         self.every = max(1, total // 10)
         tty = sys.stderr.isatty()
         self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{n_epochs}", unit="batch",
@@ -67,6 +68,8 @@ class Progress:
     def update(self, i: int, losses: dict[str, float], img_per_s: float, peak_fraction: float, eta_s: float) -> None:
         terms = " ".join(f"{k} {losses[k]:.4f}" for k in self.terms if k in losses)
         text = f"{terms} | {img_per_s:.3g} img/s | {peak_fraction:.0%} of peak"
+        if self.score:
+            text += f" | {self.score}"
         if self.bar is not None:
             self.bar.set_postfix_str(f"{text} | ETA {format_eta(eta_s)}", refresh=False)
             self.bar.update(1)

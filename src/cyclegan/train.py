@@ -102,6 +102,7 @@ class Run:
     scorer: Scorer | None = None  # --eval_every / --eval_every_steps (rank 0)
     best: Best | None = None  # --keep_best
     stop_reason: str | None = None  # set when --early_stop ends the run
+    score_text: str | None = None  # the latest score and the best so far, for the progress line
 
 
 def train(config: TrainConfig, explicit: set[str] | None = None) -> Path:
@@ -314,7 +315,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
     if first == 0:
         position.loss_G_sum = 0.0
     progress = Progress(n_batches, epoch, config.n_epochs, done=first,
-                        terms=("D", "G", *get_model(config.model).loss_names))
+                        terms=("D", "G", *get_model(config.model).loss_names), score=run.score_text)
     stopping, i = False, first - 1
     clock.lap()
     batches = enumerate(loader, start=first)
@@ -350,6 +351,7 @@ def train_epoch(run: Run, epoch: int, loader: Any, n_batches: int, samples: dict
             run_logger.image(batches_done, grid)
         if config.eval_every_steps and position.step % config.eval_every_steps == 0 and i + 1 < n_batches:
             score_now(run, epoch, run_logger)
+            progress.score = run.score_text
         stopping = any_rank(stop.signum is not None, env, run.device) or run.stop_reason is not None or (
             config.max_steps is not None and position.step >= config.max_steps)
         if i + 1 < n_batches and (stopping or (config.save_every_steps and position.step % config.save_every_steps == 0)):
@@ -424,6 +426,10 @@ def score_now(run: Run, epoch: int, run_logger: NullLogger) -> None:
                                    f"{best.since} scorings (best {best.value:.4g} at epoch {best.epoch}, step "
                                    f"{best.step}, kept in {best_checkpoint_path(run.run_dir)})")
         log.info("scores at epoch %d, step %d: %s", epoch, position.step, text)
+        shown = best.metric if best is not None else next(iter(scores), None)
+        if shown is not None:
+            run.score_text = f"{shown} {scores[shown]:.4g}" + (
+                f" (best {best.value:.4g} at epoch {best.epoch})" if best is not None else "")
     if any_rank(run.stop_reason is not None, run.env, run.device) and run.stop_reason is None:
         run.stop_reason = "--early_stop (on rank 0)"  # every rank stops at this step
 
