@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import SMALL_RUN, run_here, write_inception_stand_in
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from cyclegan import scoring
 from cyclegan.checkpoint import list_run_checkpoints, load_run_checkpoint
@@ -185,3 +186,34 @@ def test_a_model_with_nothing_to_score_is_refused_before_training(image_folders,
     assert result.returncode == 2 and "nothing to score" in result.stderr and "cyclegan download inception" in \
         result.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
+def test_a_resumed_run_never_loses_a_best_file(image_folders, tmp_path):
+    inception = write_inception_stand_in(tmp_path / "inception.pt")
+    run = tmp_path / "run"
+    flags = ("--eval_every", "1", "--inception", str(inception))
+    first = run_here("train", "--dataroot", str(image_folders), "--output", str(run), *RUN, *flags, "--keep_best",
+                     "cycle_l1", "--max_steps", "8")
+    assert first.returncode == 0, first.stderr
+    best = run / "checkpoints" / "best.safetensors"
+    # A crash after the best file was written and before the run checkpoint: the file holds a
+    # better score than the state (here a perfect 0, so no later scoring beats it). The resumed
+    # run must take the file's, and keep the file.
+    with safe_open(str(best), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(best), str(best), metadata={**meta, "best": json.dumps({"metric": "cycle_l1", "value": 0.0}),
+                                                    "epoch": "2", "step": "8"})
+    kept_bytes = best.read_bytes()
+    resumed = run_here("train", "--resume", "--output", str(run), "--max_steps", "12")
+    assert resumed.returncode == 0, resumed.stderr
+    after = load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["best"]
+    assert (after["value"], after["epoch"], after["step"], after["since"]) == (0.0, 2, 8, 1)
+    assert best.read_bytes() == kept_bytes
+    # Resumed following another score: the cycle_l1 best is set aside under its name, not overwritten.
+    again = run_here("train", "--resume", "--output", str(run), "--max_steps", "16", "--keep_best", "fid")
+    assert again.returncode == 0, again.stderr
+    assert (run / "checkpoints" / "best_cycle_l1.safetensors").is_file()
+    assert "best_cycle_l1.safetensors" in again.stderr
+    from cyclegan.checkpoint import load_checkpoint
+
+    assert load_checkpoint(best)[1]["best"]["metric"] == "fid"

@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from cyclegan.checkpoint import best_checkpoint_path, load_checkpoint
 from cyclegan.errors import CycleGANError
 from cyclegan.measures import InceptionFeatures, find_inception, image_features, metrics_from_features, paired_metrics
 from cyclegan.options import LOWER_IS_BETTER, TrainConfig
 from cyclegan.registry import get_model
 from cyclegan.utils import atomic_write
 
-__all__ = ["Best", "Scorer", "improved"]
+__all__ = ["Best", "Scorer", "improved", "best_so_far"]
 
 log = logging.getLogger("cyclegan.train")
 
@@ -73,6 +74,37 @@ def improved(metric: str, value: float, best: float | None) -> bool:
     if best is None:
         return True
     return value < best if metric in LOWER_IS_BETTER else value > best
+
+
+def best_so_far(metric: str, state: dict[str, Any] | None, run_dir: Path) -> Best:
+    """The best of a run that starts or resumes with ``--keep_best metric``: the run state's,
+    checked against the best file on disk. A file of another metric (the run kept another score
+    before) is renamed ``best_<metric>.safetensors``, never overwritten; a file better than the
+    state's best (written just before a crash, after the last run checkpoint) is the best."""
+    best = Best.from_state(metric, state)
+    path = best_checkpoint_path(run_dir)
+    if not path.is_file():
+        return best
+    try:
+        meta = load_checkpoint(path)[1]
+        kept = meta.get("best") or {}
+        kept_metric, kept_value = kept.get("metric"), float(kept["value"])
+    except (CycleGANError, KeyError, TypeError, ValueError):
+        kept_metric, kept_value, meta = None, None, {}
+    if kept_metric != metric:
+        target = path.with_name(f"best_{kept_metric or 'unknown'}.safetensors")
+        k = 1
+        while target.exists():
+            target = path.with_name(f"best_{kept_metric or 'unknown'}_{k}.safetensors")
+            k += 1
+        path.replace(target)
+        log.info("--keep_best %s: the best generators kept for %s are now %s", metric, kept_metric or "another score",
+                 target)
+        return best
+    if kept_value is not None and improved(metric, kept_value, best.value):
+        best.value, best.epoch, best.step, best.since = kept_value, int(meta.get("epoch", 0)), int(
+            meta.get("step", 0)), 0
+    return best
 
 
 def _check_pairs_by_name(val: Any) -> None:

@@ -73,7 +73,7 @@ from cyclegan.resume import (
 )
 from cyclegan.runlock import hold_run_folder
 from cyclegan.runtime import StopSignals, format_eta, report_failure, resolve_device, setup_logging, split_debug
-from cyclegan.scoring import Best, Scorer, improved
+from cyclegan.scoring import Best, Scorer, best_so_far, improved
 from cyclegan.step import build_optimizers, build_schedulers, run_step, step_schedulers
 from cyclegan.utils import ReplayBuffer, atomic_write, seed_everything
 
@@ -167,7 +167,8 @@ def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
     run = build_run(start, env, device)
     run.scorer = scorer
     if config.keep_best:
-        run.best = Best.from_state(config.keep_best, (start.state or {}).get("best"))
+        run.best = best_so_far(config.keep_best, (start.state or {}).get("best"), run_dir) if env.is_main else \
+            Best(config.keep_best)
     if run.position.epoch >= config.n_epochs:
         log.info("the run in %s is already finished (%d epochs); pass a larger --n_epochs to continue it",
                  run.run_dir, config.n_epochs)
