@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from PIL import Image
+from torch import nn
 
 from cyclegan.checkpoint import checkpoint_path, save_networks
 from cyclegan.options import TrainConfig
