@@ -106,6 +106,16 @@ def write_inception_stand_in(path: Path) -> Path:
     return path
 
 
+def assert_same_losses_and_weights(first: tuple[list, dict], second: tuple[list, dict]) -> None:
+    """Two runs of steps, each (the losses of every step, the networks' state dicts at the end),
+    are equal to the bit."""
+    (losses_a, nets_a), (losses_b, nets_b) = first, second
+    for a, b in zip(losses_a, losses_b, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in nets_a:
+        assert all(torch.equal(nets_a[name][k], nets_b[name][k]) for k in nets_a[name]), name
+
+
 @pytest.fixture
 def tiny_run(tmp_path: Path) -> Path:
     """A run folder with an epoch checkpoint of small networks (as training writes it)."""

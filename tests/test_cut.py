@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL_RUN, run_here
+from conftest import SMALL_RUN, assert_same_losses_and_weights, run_here
 
 from cyclegan.checkpoint import load_checkpoint
 from cyclegan.inference import load_generator
@@ -213,11 +213,7 @@ def test_activation_checkpointing_leaves_the_cut_step_bit_identical(mode):
         real_A, real_B = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
         losses = [cut_train_step(nets, opts, real_A, real_B, NCESettings.of(config)) for _ in range(2)]
         results.append((losses, {n: net.state_dict() for n, net in nets.items()}))
-    (plain_losses, plain), (ckpt_losses, ckpt) = results
-    for a, b in zip(plain_losses, ckpt_losses):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    for name in plain:
-        assert all(torch.equal(plain[name][k], ckpt[name][k]) for k in plain[name]), name
+    assert_same_losses_and_weights(*results)
 
 
 def test_the_cut_step_under_bfloat16_autocast():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_here, write_inception_stand_in
+from conftest import assert_same_losses_and_weights, run_here, write_inception_stand_in
 from PIL import Image
 from torch import nn
 
@@ -222,11 +222,7 @@ def test_activation_checkpointing_leaves_the_pix2pix_step_bit_identical(netG, mo
                     torch.rand(1, 3, int(size), int(size), generator=g) * 2 - 1) for _ in range(2)]
         losses = [run_step(config, nets, opts, {"A": None, "B": None}, a, b) for a, b in batches]
         results.append((losses, {n: net.state_dict() for n, net in nets.items()}))
-    (plain_losses, plain), (ckpt_losses, ckpt) = results
-    for a, b in zip(plain_losses, ckpt_losses):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    for name in plain:
-        assert all(torch.equal(plain[name][k], ckpt[name][k]) for k in plain[name]), name
+    assert_same_losses_and_weights(*results)
 
 
 def test_the_pix2pix_step_under_bfloat16_autocast_and_on_the_meta_device():

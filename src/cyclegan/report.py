@@ -85,6 +85,13 @@ def loss_chart(records: list[dict[str, Any]], panels: Panels = COMMON_PANELS) ->
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure closed)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -114,11 +121,7 @@ def score_chart(records: list[dict[str, Any]]) -> bytes:
         ax.set_title(key.removeprefix("eval_"), fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 def pick_samples(samples: list[Path], at_most: int = 8) -> list[Path]:
