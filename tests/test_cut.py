@@ -20,7 +20,7 @@ from cyclegan.registry import build_networks
 from cyclegan.serve import Translator
 from cyclegan.step import NCESettings, build_optimizers, cut_train_step, nce_loss
 
-CUT_SMALL = ("--nce_layers", "0,4,7,10", "--num_patches", "16")
+CUT_SMALL = ("--nce_layers", "0,4,8,12", "--num_patches", "16")
 
 
 def unit_rows(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -98,7 +98,7 @@ def test_nce_loss_compares_output_and_input_at_the_same_locations_and_unflips():
     config = small_config("--model", "cut")
     torch.manual_seed(0)
     G = build_networks(config)["G_AB"]
-    F = RecordingMLP(feature_channels(G, (0, 4, 7, 10), 3), nc=16)
+    F = RecordingMLP(feature_channels(G, (0, 4, 8, 12), 3), nc=16)
     F.calls = []
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     settings = NCESettings.of(config)
@@ -111,13 +111,13 @@ def test_nce_loss_compares_output_and_input_at_the_same_locations_and_unflips():
     # The output of a flipped input, flipped back: the same features as the plain one.
     flipped = nce_loss(G, F, x, x.flip(3), settings, flipped=True)
     assert flipped < other
-    feats = encode_features(G, x, (0, 4, 7, 10))
+    feats = encode_features(G, x, (0, 4, 8, 12))
     layers = list(encoder(G))
     y = x
-    for i, layer in enumerate(layers[:11]):
+    for i, layer in enumerate(layers[:13]):
         y = layer(y)
-        if i in (0, 4, 7, 10):
-            torch.testing.assert_close(feats[(0, 4, 7, 10).index(i)], y)
+        if i in (0, 4, 8, 12):
+            torch.testing.assert_close(feats[(0, 4, 8, 12).index(i)], y)
     assert [f.shape[1] for f in feats] == [3, 16, 32, 32]
 
 
@@ -148,7 +148,7 @@ def test_model_presets_and_refusals():
     cut = small_config("--model", "cut")
     assert (cut.lambda_NCE, cut.nce_idt, cut.flip_equivariance, cut.netD, cut.pool_size, cut.init_type) == \
         (1.0, True, False, "basic", 0, "xavier")
-    assert (cut.n_epochs, cut.decay_epoch) == (400, 200)
+    assert (cut.n_epochs, cut.decay_epoch) == (400, 199)  # the official 200 + 200 (test_official_cut.py)
     fast = small_config("--model", "fastcut", "--n_epochs", "4", "--decay_epoch", "2", "--nce_T", "0.1")
     assert (fast.lambda_NCE, fast.nce_idt, fast.flip_equivariance, fast.nce_T, fast.n_epochs) == (10.0, False, True,
                                                                                                    0.1, 4)
@@ -156,8 +156,8 @@ def test_model_presets_and_refusals():
     assert small_config().model == "cyclegan" and small_config().pool_size == 50
     from cyclegan.errors import CycleGANError
 
-    with pytest.raises(CycleGANError, match="--nce_layers 0,4,7,10,14: layer 14 is beyond"):
-        small_config("--model", "cut", "--nce_layers", "0,4,7,10,14")
+    with pytest.raises(CycleGANError, match="--nce_layers 0,4,8,12,16: layer 16 is beyond"):
+        small_config("--model", "cut", "--nce_layers", "0,4,8,12,16")
     with pytest.raises(CycleGANError, match="use --netG resnet .*not unet_128"):
         small_config("--model", "cut", "--netG", "unet_128", "--img_height", "128", "--img_width", "128")
     with pytest.raises(CycleGANError, match="--nce_idt true needs both domains"):
@@ -234,7 +234,7 @@ def test_patchnce_learns_to_find_each_patch_on_the_demo_data(tmp_path, model):
     run = tmp_path / model
     result = run_here("train", "--dataset_name", "demo", "--output", str(run), "--model", model, "--img_height", "32",
                      "--img_width", "32", "--ngf", "16", "--ndf", "16", "--n_residual_blocks", "1", "--nce_layers",
-                     "0,4,7,10", "--num_patches", "64", "--n_epochs", "1", "--decay_epoch", "0", "--n_cpu", "0",
+                     "0,4,8,12", "--num_patches", "64", "--n_epochs", "1", "--decay_epoch", "0", "--n_cpu", "0",
                      "--seed", "0", "--log_interval", "1", "--logger", "none", "--sample_interval", "1000")
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

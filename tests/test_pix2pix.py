@@ -25,7 +25,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.options import parse_config, validate
 from cyclegan.registry import build_networks, get_model
 from cyclegan.serve import Translator
-from cyclegan.step import build_optimizers, run_step
+from cyclegan.step import build_optimizers, lr_factor, run_step
 
 TINY = ("--img_height", "32", "--img_width", "32", "--netG", "resnet", "--n_residual_blocks", "1", "--ngf", "8",
         "--ndf", "8", "--n_cpu", "0", "--seed", "0")
@@ -81,7 +81,9 @@ def test_the_presets_are_the_official_pix2pix():
     assert (config.netG, config.netD, config.norm, config.gan_mode, config.pool_size) == (
         "unet_256", "basic", "batch", "vanilla", 0)
     assert config.use_dropout and config.lambda_L1 == 100.0 and config.batch_size == 1
-    assert (config.n_epochs, config.decay_epoch, config.lr, config.b1) == (200, 100, 0.0002, 0.5)
+    assert (config.n_epochs, config.decay_epoch, config.lr, config.b1) == (200, 99, 0.0002, 0.5)
+    # The official 100 epochs at the initial rate and 100 decaying, 1 - max(0, e + 1 - 100) / 101.
+    assert [lr_factor(config, e) for e in (99, 100, 199)] == pytest.approx([1.0, 1 - 1 / 101, 1 - 100 / 101])
     nets = build_networks(tiny_config())
     assert set(nets) == {"G_AB", "D_B"}
     assert nets["D_B"].model[0].in_channels == 6  # the discriminator sees A and B stacked

@@ -49,7 +49,7 @@ def assert_same_tensors(a, b, where=""):
         assert a == b, where
 
 
-CUT = ("--nce_layers", "0,4,7,10", "--num_patches", "16")
+CUT = ("--nce_layers", "0,4,8,12", "--num_patches", "16")
 
 
 @pytest.mark.parametrize("extra", [(), ("--gan_mode", "wgangp", "--pool_size", "0", "--use_dropout"),

@@ -161,7 +161,7 @@ def test_eval_paired_scores_an_unpaired_model_against_the_truth_of_the_same_name
 @pytest.mark.parametrize("model, flags, expected", [
     ("pix2pix", ("--netG", "resnet", "--keep_best", "ssim"), {"eval_fid", "eval_kid", "eval_psnr", "eval_ssim",
                                                               "eval_l1"}),
-    ("fastcut", ("--nce_layers", "0,4,7,10", "--num_patches", "16", "--keep_best", "kid"), {"eval_fid", "eval_kid"}),
+    ("fastcut", ("--nce_layers", "0,4,8,12", "--num_patches", "16", "--keep_best", "kid"), {"eval_fid", "eval_kid"}),
     ("cyclegan", ("--amp", "bf16", "--keep_best", "fid"), {"eval_fid", "eval_kid", "eval_cycle_l1"}),
 ])
 def test_every_model_scores_what_it_has(image_folders, tmp_path, model, flags, expected):
@@ -182,7 +182,7 @@ def test_a_model_with_nothing_to_score_is_refused_before_training(image_folders,
     monkeypatch.setenv("CYCLEGAN_INCEPTION", str(tmp_path / "nowhere.pt"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     result = run_here("train", "--dataroot", str(image_folders), "--output", str(tmp_path / "run"), *RUN, "--model",
-                      "cut", "--nce_layers", "0,4,7,10", "--num_patches", "16", "--eval_every", "1")
+                      "cut", "--nce_layers", "0,4,8,12", "--num_patches", "16", "--eval_every", "1")
     assert result.returncode == 2 and "nothing to score" in result.stderr and "cyclegan download inception" in \
         result.stderr
     assert not list((tmp_path / "run").glob("checkpoints/*"))

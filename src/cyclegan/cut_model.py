@@ -26,6 +26,7 @@ from cyclegan.models import (
     build_generator,
     build_patch_mlp,
     encode_features,
+    encoder_layout,
     nce_layer_indices,
 )
 from cyclegan.utils import ReplayBuffer
@@ -40,7 +41,7 @@ class NCESettings:
     lambda_NCE: float = 1.0
     nce_idt: bool = True
     flip_equivariance: bool = False
-    layers: tuple[int, ...] = (0, 4, 7, 10, 14)
+    layers: tuple[int, ...] = (0, 4, 8, 12, 16)
     num_patches: int = 256
     tau: float = 0.07
     gan_mode: str = "lsgan"
@@ -118,7 +119,7 @@ class CUT(Model):
 
     network_names = CUT_NETWORK_NAMES
     generators = {"AtoB": "G_AB"}
-    demo_presets = {"nce_layers": "0,4,7,10,12"}  # the image, both downsamplings, blocks 1 and 3
+    demo_presets = {"nce_layers": "0,4,8,12,14"}  # the image, both downsamplings, blocks 1 and 3
 
     def __init__(self, name: str, summary: str, presets: dict[str, Any], epochs: tuple[int, int],
                  loss_names: tuple[str, ...]) -> None:
@@ -132,12 +133,14 @@ class CUT(Model):
             layers = nce_layer_indices(config.nce_layers)
         except ValueError as exc:
             raise CycleGANError(str(exc)) from None
-        encoder_layers = 10 + config.n_residual_blocks
-        if layers[-1] >= encoder_layers:
+        layout = encoder_layout(config.n_residual_blocks, not config.no_antialias)
+        if layers[-1] >= len(layout):
+            kind = "anti-aliased" if not config.no_antialias else "strided (--no_antialias)"
+            valid = "; ".join(f"{i} {name}" for i, name in enumerate(layout))
             raise CycleGANError(
-                f"--nce_layers {config.nce_layers}: layer {layers[-1]} is beyond the encoder of a generator with "
-                f"{config.n_residual_blocks} residual blocks (layers 0 to {encoder_layers - 1}); use more "
-                "--n_residual_blocks or lower layers"
+                f"--nce_layers {config.nce_layers}: layer {layers[-1]} is beyond the encoder of the {kind} ResNet "
+                f"generator with {config.n_residual_blocks} residual blocks, whose features PatchNCE can sample: "
+                f"0 to {len(layout) - 1} ({valid}); use more --n_residual_blocks or lower layers"
             )
         for flag in ("num_patches", "netF_nc"):
             if getattr(config, flag) < 1:
@@ -177,10 +180,20 @@ class CUT(Model):
         return rows + [G(real_B)] if real_A.size(1) == real_B.size(1) else rows
 
 
+# The official CUT's networks and data pipeline, shared by CUT and FastCUT: its ResnetGenerator
+# (conv_block keys) and PatchGAN, both anti-aliased, xavier initialisation, no replay buffer, the
+# PatchNCE layers of the anti-aliased generator, and the fine-tuning phase of its data pipeline.
+# Epochs (total, decay_epoch): the official 200 + 200 (CUT) and 150 + 50 (FastCUT) under the
+# official rule 1 - max(0, e + 1 - n) / (n_decay + 1), which is the reference's LambdaLR decaying
+# from n - 1 (options' --n_epochs_decay mapping).
+OFFICIAL_CUT: dict[str, Any] = {"netD": "basic", "upsample": "transpose", "no_antialias": False,
+                                "no_antialias_up": False, "init_type": "xavier", "pool_size": 0,
+                                "nce_layers": "0,4,8,12,16", "finetune_phase": True}
+
 CUT_MODEL = CUT("cut", "one generator A->B, one discriminator and the patchwise contrastive loss PatchNCE "
                 "(Park et al., 2020), with its identity term on B",
-                {"netD": "basic", "init_type": "xavier", "pool_size": 0, "lambda_NCE": 1.0, "nce_idt": True,
-                 "flip_equivariance": False}, (400, 200), ("adv", "nce", "nce_identity"))
+                {**OFFICIAL_CUT, "lambda_NCE": 1.0, "nce_idt": True, "flip_equivariance": False}, (400, 199),
+                ("adv", "nce", "nce_identity"))
 FASTCUT_MODEL = CUT("fastcut", "CUT with lambda_NCE 10, no identity term and flip-equivariance",
-                    {"netD": "basic", "init_type": "xavier", "pool_size": 0, "lambda_NCE": 10.0, "nce_idt": False,
-                     "flip_equivariance": True}, (200, 150), ("adv", "nce"))
+                    {**OFFICIAL_CUT, "lambda_NCE": 10.0, "nce_idt": False, "flip_equivariance": True}, (200, 149),
+                    ("adv", "nce"))

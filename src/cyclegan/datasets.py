@@ -227,17 +227,22 @@ class MakeMultiple:
 
 
 def build_transforms(
-    preprocess: str, height: int, width: int, load_size: int | None = None, flip: bool = True, channels: int = 3
+    preprocess: str, height: int, width: int, load_size: int | None = None, flip: bool = True, channels: int = 3,
+    finetune: bool = False,
 ) -> list[Callable[[Any], Any]]:
     """The training transform for a ``--preprocess`` mode (see ``options.PREPROCESS_MODES``).
 
     ``reference`` is the reference design's (``reference_transforms``); the others are the
     official repository's, with ``load_size`` its resize size (default 1.12x the crop).
+    ``finetune``: the official CUT's fine-tuning phase, where the resize size is the crop size
+    (the whole image, resized, is what the network sees; ``reference`` resizes to cover the crop
+    instead of 1.12x it).
     """
-    load = load_size or int(max(height, width) * 1.12)
+    load = max(height, width) if finetune else load_size or int(max(height, width) * 1.12)
+    scale = 1.0 if finetune else 1.12
     steps: list[Callable[[Any], Any]]
     if preprocess == "reference":
-        steps = [ResizeCover(int(height * 1.12), int(width * 1.12), Image.BICUBIC), RandomCrop(height, width)]
+        steps = [ResizeCover(int(height * scale), int(width * scale), Image.BICUBIC), RandomCrop(height, width)]
     elif preprocess == "resize_and_crop":
         steps = [Resize(load, load), RandomCrop(height, width)]
     elif preprocess == "crop":
@@ -283,7 +288,31 @@ def compose_transforms(transforms_: Any, channels: int) -> Callable[[Any], Any]:
     return transforms_
 
 
-class ImageDataset(Dataset):
+class FinetunePhase:
+    """The official CUT's fine-tuning phase for a dataset with ``transform_A``, ``transform_B``,
+    ``channels`` and ``channels_B``: keyed items (``dataset[(seed, epoch, i)]``) of epoch ``start``
+    and later use the fine-tuning transforms (``finetune_from``); before it, and unkeyed, the
+    dataset's own. The phase follows the epoch in the key, so a resumed run is in the right one."""
+
+    finetune: tuple[int, Callable[[Any], Any], Callable[[Any], Any]] | None = None
+    transform_A: Callable[[Any], Any]
+    transform_B: Callable[[Any], Any]
+    channels: int
+    channels_B: int
+
+    def finetune_from(self, start: int, transforms_: Sequence[Callable[[Any], Any]]) -> None:
+        """Use ``transforms_`` for the items of epoch ``start`` (0-based) on."""
+        self.finetune = (start, compose_transforms(transforms_, self.channels),
+                         compose_transforms(transforms_, self.channels_B))
+
+    def transforms_at(self, epoch: int | None) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+        """The transforms of A and B for an item of ``epoch`` (None: unkeyed)."""
+        if self.finetune is not None and epoch is not None and epoch >= self.finetune[0]:
+            return self.finetune[1], self.finetune[2]
+        return self.transform_A, self.transform_B
+
+
+class ImageDataset(FinetunePhase, Dataset):
     """Unpaired images of two domains: item ``i`` is image ``i`` of A and, when ``unaligned``, a
     random image of B (else image ``i`` of B); the length is that of the larger domain.
 
@@ -343,17 +372,18 @@ class ImageDataset(Dataset):
             seed, epoch, index = key
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(seed, epoch, index))
-                return self._item(index)
+                return self._item(index, epoch)
         return self._item(key)
 
-    def _item(self, index: int) -> dict[str, Any]:
+    def _item(self, index: int, epoch: int | None = None) -> dict[str, Any]:
         path_A = self.files_A[index % len(self.files_A)]
         if self.unaligned:
             path_B = self.files_B[int(torch.randint(0, len(self.files_B), (1,)).item())]
         else:
             path_B = self.files_B[index % len(self.files_B)]
-        item_A = self.transform_A(_load(path_A, self.channels))
-        item_B = self.transform_B(_load(path_B, self.channels_B))
+        transform_A, transform_B = self.transforms_at(epoch)
+        item_A = transform_A(_load(path_A, self.channels))
+        item_B = transform_B(_load(path_B, self.channels_B))
         return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
 
 

@@ -6,6 +6,8 @@ generators and the FID Inception network, fetched safely in one command.
     cyclegan download dataset --list
     cyclegan download model horse2zebra [--root pretrained]  -> pretrained/horse2zebra.pth
     cyclegan download model pix2pix/facades_label2photo      -> pretrained/pix2pix/facades_label2photo.pth
+    cyclegan download model horse2zebra_cut                  -> pretrained/cut/horse2zebra_cut.pth (and the
+                                                                other five CUT/FastCUT generators)
     cyclegan download inception                              -> ~/.cache/cyclegan/inception-2015-12-05.pt
 
 Then ``cyclegan train --dataset_name horse2zebra`` reads the dataset, ``cyclegan translate
@@ -18,7 +20,11 @@ published size and half again, or ``--max_size``) and is renamed into place only
 (``fetch.download``); a dataset's archive has a hidden name of its own, so nothing of the user's
 beside it is touched; a dataset is extracted safely into a temporary folder and renamed
 into place (``fetch.extract_zip``, ``fetch.extract_tar`` for the pix2pix ``.tar.gz``); a generator
-must load as a state dict of tensors (``weights_only``) before it is kept; the Inception network
+must load as a state dict of tensors (``weights_only``) before it is kept; the official CUT and
+FastCUT generators come as one ``.tar`` (the one the official CUT README gives), fetched once under
+a hidden name with the same rules, each generator read out of it (never extracted by its own
+path), checked to load as the official CUT network and renamed into place; the archive is then
+deleted (a refused one too); the Inception network
 must match its published SHA-256. The official servers publish no checksums for the datasets and
 generators: for them the size the server announces, the archive's own CRCs and the loading test
 stand in.
@@ -29,8 +35,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import sys
+import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,18 +72,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--keep_archive", action="store_true", help="keep the .zip or .tar.gz after extracting it")
     data.add_argument("--force", action="store_true", help="download and extract again over a complete ROOT/NAME")
     model = sub.add_parser("model", help="an official pretrained generator, into ROOT/NAME.pth", description=(
-        "Download an official pretrained generator to ROOT/NAME.pth (a pix2pix one to ROOT/pix2pix/NAME.pth), "
-        "where 'cyclegan translate --checkpoint NAME' finds it."))
+        "Download an official pretrained generator to ROOT/NAME.pth (a pix2pix one to ROOT/pix2pix/NAME.pth, a CUT "
+        "one to ROOT/cut/NAME.pth: the official CUT archive, fetched once, holds all six), where 'cyclegan "
+        "translate --checkpoint NAME' finds it."))
     model.add_argument("name", nargs="?", help="the model, NAME or FAMILY/NAME (see --list)")
-    model.add_argument("--list", action="store_true", help="list the official pretrained generators")
+    model.add_argument("--list", action="store_true", help="list the official pretrained generators (CycleGAN, "
+                                                           "pix2pix, CUT and FastCUT)")
     model.add_argument("--root", default=None, help="where generators go (default: $CYCLEGAN_PRETRAINED or "
                                                     "pretrained)")
     model.add_argument("--force", action="store_true", help="download again over an existing file")
     for parser in (data, model):
         parser.add_argument("--base_url", default=None, help=(
             f"a mirror of the official server (default: $CYCLEGAN_BASE_URL or {zoo.BASE_URL} for CycleGAN, "
-            f"$CYCLEGAN_PIX2PIX_BASE_URL or {zoo.PIX2PIX_BASE_URL} for pix2pix); files are BASE/datasets/NAME.zip "
-            "and BASE/pretrained_models/NAME.pth, or BASE/datasets/NAME.tar.gz and BASE/models-pytorch/NAME.pth"))
+            f"$CYCLEGAN_PIX2PIX_BASE_URL or {zoo.PIX2PIX_BASE_URL} for pix2pix, $CYCLEGAN_CUT_BASE_URL or "
+            f"{zoo.CUT_BASE_URL} for CUT); files are BASE/datasets/NAME.zip and BASE/pretrained_models/NAME.pth, or "
+            "BASE/datasets/NAME.tar.gz and BASE/models-pytorch/NAME.pth, or BASE/pretrained_models.tar (CUT)"))
     incep = sub.add_parser("inception", help="the FID Inception network, for cyclegan evaluate", description=(
         "Download the FID Inception network (TorchScript) that 'cyclegan evaluate' uses, checked against its "
         "published SHA-256."))
@@ -89,7 +100,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     for parser in (data, model, incep):
         parser.add_argument("--max_size", type=_size, default=None, help=(
             "stop a download that brings more than this (as 800MB or 2GiB) and delete it (default: a dataset's "
-            "published size and half again, 512MiB for a generator or the Inception network)"))
+            "published size and half again, 512MiB for a generator or the Inception network, 4GiB for the CUT "
+            "archive)"))
         add_debug_flag(parser)
     return p
 
@@ -109,15 +121,20 @@ def listing(entries: list[zoo.Entry], what: str) -> str:
         ("dataset", "pix2pix"): f"pix2pix datasets (aligned A|B pairs: train, val[, test]; size unpublished; {bare}):",
         ("model", "cyclegan"): "CycleGAN generators (ResnetGenerator, 9 blocks):",
         ("model", "pix2pix"): f"pix2pix generators (UnetGenerator unet_256, batch norm; {bare}):",
+        ("model", "cut"): "CUT and FastCUT generators (the official CUT's anti-aliased ResnetGenerator, 9 blocks; "
+                          "one archive holds all six, fetched once):",
     }
     width = max(len(e.qualified) for e in entries)
     lines: list[str] = []
     for family in zoo.FAMILIES:
+        if (what, family) not in headers:
+            continue
         lines.append(headers[what, family])
         for e in (e for e in entries if e.family == family):
             withheld = what == "dataset" and family == "pix2pix" and e.name in zoo.PIX2PIX_WITHHELD
             info = "not distributed (licence): cyclegan download dataset says where to get it" if withheld else e.info
-            label = e.name if family == "cyclegan" else e.qualified
+            bare_is_this = (zoo.find_dataset(e.name) if what == "dataset" else zoo.find_model(e.name)) == e
+            label = e.name if family == "cyclegan" or (family == "cut" and bare_is_this) else e.qualified
             lines.append(f"  {label:<{width}}  {info or ''}".rstrip())
     return "\n".join(lines)
 
@@ -130,7 +147,7 @@ def require_entry(name: str | None, what: str) -> zoo.Entry:
     if entry is None:
         known = zoo.dataset_entries() if what == "dataset" else zoo.model_entries()
         raise CycleGANError(f"cyclegan download {what} {name}: not an official {what}; the {what}s are: "
-                            + ", ".join(e.name if e.family == "cyclegan" else e.qualified for e in known))
+                            + ", ".join(e.name if e.family != "pix2pix" else e.qualified for e in known))
     if "/" not in name and entry.family == "cyclegan" and (
             zoo.find_dataset(f"pix2pix/{name}") if what == "dataset" else zoo.find_model(f"pix2pix/{name}")):
         log.info("%s is the CycleGAN %s; the pix2pix one is pix2pix/%s", name, what, name)
@@ -223,6 +240,8 @@ def download_model(name: str, root: Path | None = None, base: str | None = None,
     if target.is_file() and not force:
         log.info("%s is already there (pass --force to download it again)", target)
         return target
+    if entry.family == "cut":
+        return _download_cut(entry, root or zoo.pretrained_root(), base, force, max_bytes)
     url = zoo.model_url(entry.name, base, entry.family)
 
     def loads_as_weights(path: Path) -> None:
@@ -235,6 +254,81 @@ def download_model(name: str, root: Path | None = None, base: str | None = None,
     log.info("%s is ready: cyclegan translate --checkpoint %s --input IMAGES --output OUT", target,
              entry.name if zoo.find_model(entry.name) == entry else entry.qualified)
     return target
+
+
+def _download_cut(entry: zoo.Entry, root: Path, base: str | None, force: bool, max_bytes: int | None) -> Path:
+    """``root/cut/NAME.pth``, read out of the official CUT archive; the archive's other
+    generators are kept beside it (those already there are left alone, unless ``force``), and the
+    archive is deleted."""
+    url = zoo.cut_archive_url(base)
+    archive = root / "cut" / f".cyclegan-cut-{zoo.CUT_ARCHIVE}"  # the download's own name
+    if archive.is_file() and not force:  # whole, kept by a disk error while reading it
+        log.info("reading the CUT archive downloaded before, %s", archive)
+    else:
+        log.info("downloading the official CUT and FastCUT generators (one archive, size unpublished) from %s", url)
+        download(url, archive, max_bytes=max_bytes or zoo.CUT_ARCHIVE_MAX_BYTES)
+    try:
+        kept = _generators_from_cut_archive(archive, root, entry.name, force)
+    except DownloadError as exc:
+        archive.unlink(missing_ok=True)  # refused: not kept either
+        raise DownloadError(f"{exc}; {entry.name} was not kept, and the archive was deleted") from exc
+    archive.unlink()  # every generator it holds is out; an OSError (a full disk) keeps it for the next call
+    target = zoo.pretrained_path(entry.name, root, "cut")
+    log.info("%s is ready (with %s): cyclegan translate --checkpoint %s --input IMAGES --output OUT", target,
+             ", ".join(k for k in kept if k != entry.name) or "no other", entry.name)
+    return target
+
+
+def _generators_from_cut_archive(archive: Path, root: Path, wanted: str, force: bool) -> list[str]:
+    """Each official CUT generator in ``archive`` written to ``root/cut/NAME.pth``, checked to load
+    as the official CUT network first; a DownloadError when ``wanted`` is not in it or does not
+    load (another that does not is left out with a warning). Returns the names kept."""
+    patterns = {name: re.compile(rf"(?:^|.*/){re.escape(zoo.cut_archive_member(name))}$") for name in zoo.CUT_MODELS}
+    kept: list[str] = []
+    try:
+        with tarfile.open(archive) as tar:
+            members = {name: next((m for m in tar.getmembers() if pattern.match(m.name)), None)
+                       for name, pattern in patterns.items()}
+            if members[wanted] is None:
+                raise DownloadError(f"{archive}: the archive holds no {zoo.cut_archive_member(wanted)}")
+            for name, member in members.items():
+                target = zoo.pretrained_path(name, root, "cut")
+                if member is None or (target.is_file() and not force and name != wanted):
+                    continue
+                try:
+                    _generator_from_member(tar, member, archive, target)
+                except DownloadError as exc:
+                    if name == wanted:
+                        raise
+                    log.warning("%s; %s was not kept", exc, target)  # the one asked for still is
+                    continue
+                kept.append(name)
+    except (tarfile.TarError, EOFError) as exc:
+        raise DownloadError(f"{archive}: not a whole tar archive ({exc})") from exc
+    return kept
+
+
+def _generator_from_member(tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path, target: Path) -> None:
+    """``member`` of the CUT archive written to ``target`` (through a hidden name beside it) once it
+    loads as a generator; a DownloadError otherwise, and nothing left."""
+    from cyclegan.inference import generator_from_state_dict
+
+    if not member.isfile() or member.size > zoo.MODEL_MAX_BYTES:
+        raise DownloadError(f"{archive}: {member.name} is not a generator's file (a link, a folder or over "
+                            f"{zoo.MODEL_MAX_BYTES} bytes)")
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file
+    staged = target.with_name(f".{target.name}.new")
+    try:
+        with source, open(staged, "wb") as out:
+            shutil.copyfileobj(source, out)
+        try:
+            generator_from_state_dict(load_state_dict_file(staged), f"{archive}: {member.name}")
+        except CycleGANError as exc:
+            raise DownloadError(str(exc)) from exc
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def download_inception(output: Path | None = None, url: str | None = None, sha256: str | None = zoo.INCEPTION_SHA256,

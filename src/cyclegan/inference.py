@@ -10,8 +10,9 @@
   official repository's ``latest_net_G_A.pth`` (its ``ResnetGenerator``: transposed-convolution
   upsampling, ``conv_block`` keys; instance-norm running statistics of old files are dropped), an
   official pix2pix ``latest_net_G.pth`` (its ``UnetGenerator``: nested ``model.model.1.model.3...``
-  keys; ``unet_128`` or ``unet_256`` by the nesting depth, batch, instance or no norm), or an
-  exported ``.safetensors``. The architecture, depth or block count, width, norm and channels are
+  keys; ``unet_128`` or ``unet_256`` by the nesting depth, batch, instance or no norm), an
+  official CUT ``latest_net_G.pth`` (its anti-aliased ``ResnetGenerator``, told by the blur
+  filters' ``filt`` buffers), or an exported ``.safetensors``. The architecture, depth or block count, width, norm and channels are
   read off the keys and shapes. Files are read with ``weights_only=True``: nothing in them is
   executed. Every generator runs in eval mode: a pix2pix U-Net's batch norms use their running
   statistics and its dropout is off, as the official ``test.py --eval`` runs it (without
@@ -45,7 +46,7 @@ from cyclegan.checkpoint import (
     newest_checkpoint,
 )
 from cyclegan.errors import CycleGANError
-from cyclegan.models import UnetGenerator, build_generator, generator_multiple
+from cyclegan.models import BlurDownsample, BlurUpsample, UnetGenerator, build_generator, generator_multiple
 from cyclegan.options import TrainConfig
 from cyclegan.registry import get_model, model_of_saved
 from cyclegan.zoo import find_model, pretrained_path
@@ -167,16 +168,22 @@ def _resnet_from_state_dict(state: dict[str, torch.Tensor], source: str) -> Gene
     n_blocks = len(blocks)
     dropout = any(re.match(r"model\.\d+\.(conv_block|block)\.7\.", k) for k in state)
     arch = "official" if kind == {"conv_block"} else "reference"
-    config = TrainConfig(netG="resnet", upsample="transpose" if arch == "official" else "nearest", ngf=ngf,
-                         norm=norm, n_residual_blocks=n_blocks, input_nc=in_channels, output_nc=out_channels)
+    # The official CUT's blurred subsampling and upsampling keep their filters as buffers: 3x3, 4x4.
+    filters = {int(v.shape[-1]) for k, v in state.items() if k.endswith(".filt") and v.dim() == 4}
+    antialias, antialias_up = 3 in filters, 4 in filters
+    if antialias or antialias_up:
+        arch += " CUT (anti-aliased)"
+    config = TrainConfig(netG="resnet", upsample="transpose" if kind == {"conv_block"} else "nearest", ngf=ngf,
+                         norm=norm, n_residual_blocks=n_blocks, input_nc=in_channels, output_nc=out_channels,
+                         no_antialias=not antialias, no_antialias_up=not antialias_up)
     with torch.device("meta"):
         net = build_generator(config, "AtoB", initialise=False)
     try:
         net.load_state_dict(as_float32(state), strict=True, assign=True)
-    except RuntimeError as exc:
-        raise CycleGANError(f"{source}: the weights do not fit a {arch} ResNet generator with {n_blocks} blocks "
-                            f"(ngf {ngf}, {in_channels} -> {out_channels} channels"
-                            f"{', dropout' if dropout else ''}): {exc}") from exc
+    except RuntimeError:
+        raise CycleGANError(f"{source}: the weights do not fit the {arch} ResNet generator their keys suggest "
+                            f"({n_blocks} blocks, ngf {ngf}, {in_channels} -> {out_channels} channels"
+                            f"{', dropout' if dropout else ''}): {_first_mismatch(net, state)}") from None
     return Generator(net.eval(), in_channels, out_channels, 4, source, arch)
 
 
@@ -239,6 +246,20 @@ def _unet_from_state_dict(state: dict[str, torch.Tensor], source: str) -> Genera
                             f"{ngf}, {norm} norm, {in_channels} -> {out_channels} channels): {exc}") from exc
     side = 2 ** depth
     return Generator(net.eval(), in_channels, out_channels, side, source, arch, (side, side))
+
+
+def _first_mismatch(net: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """One line on how ``state`` differs from ``net``'s: the first key of another shape, or the
+    keys one has and the other lacks."""
+    expected = net.state_dict()
+    for key, value in state.items():
+        if key in expected and tuple(expected[key].shape) != tuple(value.shape):
+            return f"{key} is {tuple(value.shape)} where {tuple(expected[key].shape)} was expected"
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    parts = ([f"{len(missing)} expected key(s) missing, first {missing[0]}"] if missing else []) + (
+        [f"{len(extra)} key(s) not expected, first {extra[0]}"] if extra else [])
+    return "; ".join(parts) or "the shapes differ"
 
 
 def resolve_checkpoint(given: str | Path) -> Path:
@@ -390,10 +411,15 @@ TILE_SIZES = (2048, 1024, 512, 256)
 
 def full_resolution_width(gen: Generator | Any) -> int:
     """The channels the generator keeps at the image's full resolution (its first convolution's
-    width; 64 for unknown networks such as an ONNX file's)."""
+    width, twice that for the official CUT's anti-aliased generator, whose first downsampling
+    convolution and last upsampling run at full resolution; 64 for unknown networks such as an
+    ONNX file's)."""
     net = getattr(gen, "net", None)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)] if net is not None else []
-    return convs[0].out_channels if convs else 64
+    if not convs:
+        return 64
+    blurred = any(isinstance(m, (BlurDownsample, BlurUpsample)) for m in net.modules())
+    return convs[0].out_channels * (2 if blurred else 1)
 
 
 def whole_image_bytes(gen: Generator | Any, height: int, width: int, batch: int = 1) -> int:

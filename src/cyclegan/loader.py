@@ -122,6 +122,9 @@ def open_run_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunD
                                           **options)
         val_set = datasets.ImageDataset(root, datasets.test_transforms(h, w, config.channels_A), unaligned=False,
                                         mode=split, **options)
+    if config.finetune_phase:  # the official CUT's: whole images from the first decaying epoch
+        train_set.finetune_from(config.decay_epoch + 1, datasets.build_transforms(
+            config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A, finetune=True))
     check_images(config, train_set, val_set)
     return RunData(root, train_set, val_set)
 

@@ -62,8 +62,29 @@ def patch_nce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int, 
     the logits are ``q_i . k_i / tau`` (the positive) and ``q_i . k_j / tau`` for the other
     locations j of the same image (the negatives); the j = i entry of the negatives is set to
     -10 / tau, which removes it, as the official implementation does.
+
+    Computed in float32 whatever the inputs and under autocast (as the official, which has no
+    mixed precision): dividing by tau = 0.07 would magnify bfloat16's rounding of the logits
+    about 14 times.
     """
-    feat_k = feat_k.detach()
+    device = feat_q.device.type
+    feat_q, feat_k = _at_least_float32(feat_q), _at_least_float32(feat_k.detach())
+    if not _autocast_available(device):  # the meta device (memory planning): nothing to turn off
+        return _patch_nce_float32(feat_q, feat_k, batch_size, tau)
+    with torch.autocast(device, enabled=False):
+        return _patch_nce_float32(feat_q, feat_k, batch_size, tau)
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _autocast_available(device: str) -> bool:
+    available = getattr(torch.amp, "is_autocast_available", None)
+    return available(device) if available is not None else device in ("cpu", "cuda")
+
+
+def _patch_nce_float32(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int, tau: float) -> torch.Tensor:
     dim = feat_q.size(1)
     l_pos = (feat_q * feat_k).sum(dim=1, keepdim=True)
     q = feat_q.view(batch_size, -1, dim)

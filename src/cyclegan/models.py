@@ -16,11 +16,20 @@ modules in the same order as there, so their parameter counts and keys are the o
 ``build_discriminator`` build them from a run's config (each model's ``build_networks``, and
 inference, export and serve, go through them), and ``generator_multiple`` and
 ``discriminator_min_side`` say what image sizes they take.
+
+The official CUT repository (taesungp/contrastive-unpaired-translation) anti-aliases both:
+``BlurDownsample`` and ``BlurUpsample`` are its ``Downsample`` and ``Upsample`` (a fixed binomial
+filter, kept as the buffer ``filt`` as there, so its files load with ``strict=True``). With
+``antialias`` a downsampling is a stride-1 convolution, its norm and ReLU, then the blurred
+stride-2 subsampling; with ``antialias_up`` an upsampling is the blurred 2x transposed filter,
+then a 3x3 convolution, its norm and ReLU; the PatchGAN's strided convolutions become stride-1
+ones each followed by the blurred subsampling.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -38,6 +47,9 @@ __all__ = [
     "UnetGenerator",
     "NLayerDiscriminator",
     "PixelDiscriminator",
+    "BlurDownsample",
+    "BlurUpsample",
+    "encoder_layout",
     "get_norm_layer",
     "init_weights",
     "define_G",
@@ -125,6 +137,46 @@ def weights_init_normal(m: nn.Module) -> None:
         nn.init.constant_(m.bias, 0.0)
 
 
+def binomial_filter(size: int) -> torch.Tensor:
+    """The normalised 2-D binomial filter of ``size`` taps a side (3: [1, 2, 1] x [1, 2, 1] / 16)."""
+    row = torch.tensor([float(math.comb(size - 1, k)) for k in range(size)], dtype=torch.float64)
+    grid = row[:, None] * row[None, :]
+    return (grid / grid.sum()).float()
+
+
+class BlurDownsample(nn.Module):
+    """Anti-aliased stride-2 subsampling (the official CUT's ``Downsample``, 3 taps): reflection
+    padding of 1, then each channel convolved with the [1, 2, 1] x [1, 2, 1] / 16 filter at
+    stride 2. A side of n becomes ceil(n / 2)."""
+
+    def __init__(self, channels: int, size: int = 3) -> None:
+        super().__init__()
+        self.pad = (size - 1) // 2, size // 2, (size - 1) // 2, size // 2
+        self.register_buffer("filt", binomial_filter(size)[None, None].repeat(channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        filt = self.filt.to(x.dtype)
+        return nn.functional.conv2d(nn.functional.pad(x, self.pad, mode="reflect"), filt, stride=2,
+                                    groups=x.shape[1])
+
+
+class BlurUpsample(nn.Module):
+    """Anti-aliased 2x upsampling (the official CUT's ``Upsample``, 4 taps): replication padding
+    of 1, a transposed convolution of each channel with 4 x the [1, 3, 3, 1] x [1, 3, 3, 1] / 64
+    filter at stride 2, the border trimmed back. A side of n becomes 2n."""
+
+    def __init__(self, channels: int, size: int = 4) -> None:
+        super().__init__()
+        self.size = size
+        self.register_buffer("filt", (binomial_filter(size) * 4)[None, None].repeat(channels, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        filt = self.filt.to(x.dtype)
+        y = nn.functional.conv_transpose2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), filt, stride=2,
+                                           padding=1 + (self.size - 1) // 2, groups=x.shape[1])[:, :, 1:, 1:]
+        return y if self.size % 2 else y[:, :, :-1, :-1]
+
+
 def _residual_layers(dim: int, norm_layer: NormLayer, use_dropout: bool, use_bias: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [
         nn.ReflectionPad2d(1),
@@ -165,9 +217,11 @@ class ResnetBlock(nn.Module):
 
 def _resnet_layers(
     in_channels: int, out_channels: int, n_blocks: int, ngf: int, norm_layer: NormLayer, use_dropout: bool,
-    use_bias: bool, upsample: str, block: Callable[..., nn.Module],
+    use_bias: bool, upsample: str, block: Callable[..., nn.Module], antialias: bool = False,
+    antialias_up: bool = False,
 ) -> list[nn.Module]:
-    """c7s1-ngf, d(2 ngf), d(4 ngf), n_blocks x R(4 ngf), u(2 ngf), u(ngf), c7s1-out, tanh."""
+    """c7s1-ngf, d(2 ngf), d(4 ngf), n_blocks x R(4 ngf), u(2 ngf), u(ngf), c7s1-out, tanh; the
+    downsamplings and upsamplings blurred (the official CUT's) with ``antialias``, ``antialias_up``."""
     if n_blocks < 0:
         raise ValueError(f"the number of residual blocks must be >= 0, got {n_blocks}")
     if upsample not in ("nearest", "transpose"):
@@ -181,14 +235,19 @@ def _resnet_layers(
     features = ngf
     for _ in range(2):  # downsampling
         layers += [
-            nn.Conv2d(features, features * 2, 3, stride=2, padding=1, bias=use_bias),
+            nn.Conv2d(features, features * 2, 3, stride=1 if antialias else 2, padding=1, bias=use_bias),
             norm_layer(features * 2),
             nn.ReLU(inplace=True),
         ]
+        if antialias:
+            layers.append(BlurDownsample(features * 2))
         features *= 2
     layers += [block(features, norm_layer, use_dropout, use_bias) for _ in range(n_blocks)]
     for _ in range(2):  # upsampling
-        if upsample == "nearest":
+        if antialias_up:
+            layers += [BlurUpsample(features), nn.Conv2d(features, features // 2, 3, stride=1, padding=1,
+                                                         bias=use_bias)]
+        elif upsample == "nearest":
             layers += [nn.Upsample(scale_factor=2), nn.Conv2d(features, features // 2, 3, stride=1, padding=1,
                                                               bias=use_bias)]
         else:
@@ -219,6 +278,8 @@ class GeneratorResNet(nn.Module):
         use_dropout: bool = False,
         upsample: str = "nearest",
         out_channels: int | None = None,
+        antialias: bool = False,
+        antialias_up: bool = False,
     ) -> None:
         super().__init__()
         channels = int(input_shape[0])
@@ -226,7 +287,8 @@ class GeneratorResNet(nn.Module):
         norm_layer = nn.InstanceNorm2d if norm == "instance" else get_norm_layer(norm)
         self.model = nn.Sequential(*_resnet_layers(
             channels, out_channels or channels, num_residual_blocks, ngf, norm_layer, use_dropout,
-            use_bias=norm != "batch", upsample=upsample, block=ResidualBlock,
+            use_bias=norm != "batch", upsample=upsample, block=ResidualBlock, antialias=antialias,
+            antialias_up=antialias_up,
         ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,16 +297,19 @@ class GeneratorResNet(nn.Module):
 
 class ResnetGenerator(nn.Module):
     """The official ResNet generator (``resnet_9blocks``, ``resnet_6blocks``): transposed-convolution
-    upsampling, convolution biases only when the norm is instance norm, ``conv_block`` keys."""
+    upsampling, convolution biases only when the norm is instance norm, ``conv_block`` keys. With
+    ``antialias`` and ``antialias_up``: the official CUT's (``no_antialias``, ``no_antialias_up``
+    False there), whose layer indices ``--nce_layers 0,4,8,12,16`` name."""
 
     def __init__(
         self, input_nc: int, output_nc: int, ngf: int = 64, norm: str = "instance", use_dropout: bool = False,
-        n_blocks: int = 9, upsample: str = "transpose",
+        n_blocks: int = 9, upsample: str = "transpose", antialias: bool = False, antialias_up: bool = False,
     ) -> None:
         super().__init__()
         self.model = nn.Sequential(*_resnet_layers(
             input_nc, output_nc, n_blocks, ngf, get_norm_layer(norm), use_dropout,
-            use_bias=norm == "instance", upsample=upsample, block=ResnetBlock,
+            use_bias=norm == "instance", upsample=upsample, block=ResnetBlock, antialias=antialias,
+            antialias_up=antialias_up,
         ))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -364,23 +429,30 @@ class Discriminator(nn.Module):
 
 class NLayerDiscriminator(nn.Module):
     """The official PatchGAN: ``n_layers`` stride-2 convolutions, a stride-1 one, a 1-channel output.
-    With ``n_layers=3`` (``basic``) each output sees a 70x70 patch."""
+    With ``n_layers=3`` (``basic``) each output sees a 70x70 patch. With ``antialias`` (the
+    official CUT's): each strided convolution is a stride-1 one followed by ``BlurDownsample``."""
 
-    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+    def __init__(self, input_nc: int, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
+                 antialias: bool = False) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         norm_layer = get_norm_layer(norm)
         use_bias = norm == "instance"
-        sequence: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
+        stride = 1 if antialias else 2
+        sequence: list[nn.Module] = [nn.Conv2d(input_nc, ndf, 4, stride=stride, padding=1), nn.LeakyReLU(0.2, True)]
+        if antialias:
+            sequence.append(BlurDownsample(ndf))
         mult = 1
         for n in range(1, n_layers):
             prev, mult = mult, min(2**n, 8)
             sequence += [
-                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2, padding=1, bias=use_bias),
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1, bias=use_bias),
                 norm_layer(ndf * mult),
                 nn.LeakyReLU(0.2, True),
             ]
+            if antialias:
+                sequence.append(BlurDownsample(ndf * mult))
         prev, mult = mult, min(2**n_layers, 8)
         sequence += [
             nn.Conv2d(ndf * prev, ndf * mult, 4, stride=1, padding=1, bias=use_bias),
@@ -416,18 +488,22 @@ class PixelDiscriminator(nn.Module):
 def define_G(
     netG: str, input_nc: int, output_nc: int, *, n_blocks: int = 9, ngf: int = 64, norm: str = "instance",
     use_dropout: bool = False, upsample: str = "nearest", init_type: str | None = "normal", init_gain: float = 0.02,
+    antialias: bool = False, antialias_up: bool = False,
 ) -> nn.Module:
     """A generator by name, initialised (``init_type=None``: left as torch's layers start).
 
     ``resnet`` with ``upsample="nearest"`` is the reference design's ``GeneratorResNet`` (its keys);
-    with ``"transpose"`` the official ``ResnetGenerator`` (``resnet_9blocks``/``resnet_6blocks``).
+    with ``"transpose"`` the official ``ResnetGenerator`` (``resnet_9blocks``/``resnet_6blocks``);
+    ``antialias``, ``antialias_up``: blurred down- and upsampling (the official CUT's; the U-Nets
+    have none).
     """
     if netG == "resnet":
         if upsample == "nearest":
             net: nn.Module = GeneratorResNet((input_nc,), n_blocks, ngf=ngf, norm=norm, use_dropout=use_dropout,
-                                             out_channels=output_nc)
+                                             out_channels=output_nc, antialias=antialias, antialias_up=antialias_up)
         else:
-            net = ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks)
+            net = ResnetGenerator(input_nc, output_nc, ngf, norm, use_dropout, n_blocks, antialias=antialias,
+                                  antialias_up=antialias_up)
     elif netG in ("unet_128", "unet_256"):
         net = UnetGenerator(input_nc, output_nc, 7 if netG == "unet_128" else 8, ngf, norm, use_dropout)
     else:
@@ -437,17 +513,21 @@ def define_G(
 
 def define_D(
     netD: str, input_shape: Sequence[int], *, ndf: int = 64, n_layers_D: int = 3, norm: str = "instance",
-    init_type: str = "normal", init_gain: float = 0.02,
+    init_type: str = "normal", init_gain: float = 0.02, antialias: bool = False,
 ) -> nn.Module:
     """A discriminator by name, initialised: ``reference`` (the reference design's), ``basic``
-    (70x70 PatchGAN), ``n_layers`` (``n_layers_D`` layers), ``pixel`` (1x1)."""
+    (70x70 PatchGAN), ``n_layers`` (``n_layers_D`` layers), ``pixel`` (1x1). ``antialias``: the
+    PatchGANs' subsampling blurred (the official CUT's; ``reference`` has no such option, and
+    ``pixel`` does not subsample)."""
     input_nc = int(input_shape[0])
+    if antialias and netD == "reference":
+        raise ValueError("the reference discriminator has no anti-aliased form: use basic or n_layers")
     if netD == "reference":
         net: nn.Module = Discriminator(input_shape, ndf=ndf, norm=norm)
     elif netD == "basic":
-        net = NLayerDiscriminator(input_nc, ndf, 3, norm)
+        net = NLayerDiscriminator(input_nc, ndf, 3, norm, antialias)
     elif netD == "n_layers":
-        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm)
+        net = NLayerDiscriminator(input_nc, ndf, n_layers_D, norm, antialias)
     elif netD == "pixel":
         net = PixelDiscriminator(input_nc, ndf, norm)
     else:
@@ -498,28 +578,41 @@ class PatchSampleMLP(nn.Module):
                 index = torch.randperm(flat.size(1), device=feat.device)[:min(num_patches, flat.size(1))]
             else:
                 index = patch_ids[k]
-            x = mlp(flat[:, index, :].flatten(0, 1))
+            x = mlp(flat[:, index, :].flatten(0, 1)).float()  # normalised in float32 under autocast too
             out.append(x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-7))
             ids.append(index)
         return out, ids
 
 
 def nce_layer_indices(text: str) -> tuple[int, ...]:
-    """``--nce_layers "0,4,7,10,14"`` as sorted, distinct indices."""
+    """``--nce_layers "0,4,8,12,16"`` as sorted, distinct indices."""
     try:
         values = sorted({int(v) for v in str(text).split(",") if v.strip()})
     except ValueError:
-        raise ValueError(f"--nce_layers {text!r}: give comma-separated layer indices, e.g. 0,4,7,10,14") from None
+        raise ValueError(f"--nce_layers {text!r}: give comma-separated layer indices, e.g. 0,4,8,12,16") from None
     if not values or values[0] < 0:
         raise ValueError(f"--nce_layers {text!r}: give comma-separated layer indices of 0 or more")
     return tuple(values)
 
 
+def encoder_layout(n_blocks: int, antialias: bool = False) -> list[str]:
+    """What each layer of a ResNet generator's encoder is, by index (the layers PatchNCE can
+    read): 0 the reflection-padded image, 1-3 the 7x7 convolution, its norm and ReLU, then each
+    downsampling's convolution, norm and ReLU (and with ``antialias`` its blurred subsampling:
+    4 layers each, 3 without), then one layer per residual block. With ``antialias`` and 9 blocks
+    (the official CUT's) ``0,4,8,12,16`` is the image, both downsamplings' convolutions and
+    blocks 1 and 5; without, the same layers are ``0,4,7,10,14``."""
+    names = ["the padded image", "the 7x7 conv", "its norm", "its ReLU"]
+    for k in (1, 2):
+        names += [f"downsampling {k}'s conv", f"downsampling {k}'s norm", f"downsampling {k}'s ReLU"]
+        if antialias:
+            names.append(f"downsampling {k}'s blur")
+    return names + [f"residual block {b}" for b in range(1, n_blocks + 1)]
+
+
 def encoder(G: nn.Module) -> nn.Sequential:
     """The layer sequence of a ResNet generator (``GeneratorResNet`` or ``ResnetGenerator``), whose
-    first ``10 + n_blocks`` layers are the encoder that PatchNCE reads: 0 the reflection-padded
-    image, 1-3 the 7x7 convolution, its norm and ReLU, 4-6 and 7-9 the two downsampling
-    convolutions (conv, norm, ReLU), then one layer per residual block."""
+    first layers are the encoder that PatchNCE reads (``encoder_layout``)."""
     model = getattr(G, "model", None)
     if not isinstance(model, nn.Sequential):
         raise ValueError(f"PatchNCE reads the layers of a ResNet generator; {type(G).__name__} has none")
@@ -563,6 +656,8 @@ class NetworkConfig(Protocol):
     netF_nc: int
     netG: str
     upsample: str
+    no_antialias: bool
+    no_antialias_up: bool
     ngf: int
     use_dropout: bool
     n_residual_blocks: int
@@ -592,7 +687,8 @@ def build_generator(config: NetworkConfig, direction: str = "AtoB", initialise: 
     source, target = (a, b) if direction == "AtoB" else (b, a)
     return define_G(config.netG, source, target, n_blocks=config.n_residual_blocks, ngf=config.ngf,
                     norm=config.norm, use_dropout=config.use_dropout, upsample=config.upsample,
-                    init_type=config.init_type if initialise else None, init_gain=config.init_gain)
+                    init_type=config.init_type if initialise else None, init_gain=config.init_gain,
+                    antialias=not config.no_antialias, antialias_up=not config.no_antialias_up)
 
 
 def build_discriminator(config: NetworkConfig, domain: str) -> nn.Module:
@@ -602,7 +698,7 @@ def build_discriminator(config: NetworkConfig, domain: str) -> nn.Module:
     channels = config.channels_A if domain == "A" else config.channels_B
     return define_D(config.netD, (channels, config.img_height, config.img_width), ndf=config.ndf,
                     n_layers_D=config.n_layers_D, norm=config.norm, init_type=config.init_type,
-                    init_gain=config.init_gain)
+                    init_gain=config.init_gain, antialias=not config.no_antialias)
 
 
 def build_patch_mlp(config: NetworkConfig, G: nn.Module) -> PatchSampleMLP:

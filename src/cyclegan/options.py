@@ -83,7 +83,7 @@ class TrainConfig:
     lambda_NCE: float = 1.0
     nce_idt: bool = True
     flip_equivariance: bool = False
-    nce_layers: str = "0,4,7,10,14"
+    nce_layers: str = "0,4,8,12,16"
     num_patches: int = 256
     nce_T: float = 0.07
     netF_nc: int = 256
@@ -118,6 +118,9 @@ class TrainConfig:
     arch: str = "reference"
     netG: str = "resnet"
     upsample: str = "nearest"
+    # The official CUT's anti-aliased networks, under its flag names (CycleGAN's have none).
+    no_antialias: bool = True
+    no_antialias_up: bool = True
     ngf: int = 64
     use_dropout: bool = False
     netD: str = "reference"
@@ -138,6 +141,7 @@ class TrainConfig:
     preprocess: str = "reference"
     load_size: int | None = None
     no_flip: bool = False
+    finetune_phase: bool = False
     direction: str = "AtoB"
     max_dataset_size: int | None = None
     serial_batches: bool = False
@@ -197,7 +201,7 @@ def saved_fields(values: Any, source: str) -> dict[str, Any]:
 
 
 # Options that describe the networks; a run restarted with --epoch N must keep them.
-ARCHITECTURE_FIELDS = ("model", "netG", "upsample", "ngf", "use_dropout", "netD", "n_layers_D", "ndf", "norm",
+ARCHITECTURE_FIELDS = ("model", "netG", "upsample", "no_antialias", "no_antialias_up", "ngf", "use_dropout", "netD", "n_layers_D", "ndf", "norm",
                        "n_residual_blocks", "channels", "input_nc", "output_nc", "nce_layers", "netF_nc")
 
 
@@ -232,9 +236,11 @@ def _add_model_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "flip the input of half the steps left-right and compare the output's features flipped back",
         "false (cut), true (fastcut)"))
     model.add_argument("--nce_layers", help=_help(
-        "generator layers whose features PatchNCE compares: 0 is the image, 4 and 7 the two downsampling "
-        "convolutions, 10 + k the output of residual block k + 1 (the paper's choice: the image, both "
-        "downsamplings, the first and fifth residual block)", d.nce_layers))
+        "generator layers whose features PatchNCE compares, numbered as in the official CUT: with its "
+        "anti-aliased generator (cut, fastcut) 0 is the image, 4 and 8 the two downsampling convolutions, 12 + k "
+        "the output of residual block k + 1 (the paper's choice, 0,4,8,12,16: the image, both downsamplings, the "
+        "first and fifth residual block); with --no_antialias the same layers are 0,4,7,10,14",
+        "0,4,8,12,16"))
     model.add_argument("--num_patches", type=int, help=_help(
         "locations sampled per layer and image (the same for input and output)", d.num_patches))
     model.add_argument("--nce_T", type=float, help=_help("temperature of the contrastive loss", d.nce_T))
@@ -365,6 +371,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     net.add_argument("--upsample", choices=("nearest", "transpose"), help=_help(
         "resnet upsampling: nearest + convolution (the reference) or transposed convolution (official)",
         d.upsample))
+    net.add_argument("--no_antialias", type=_true_or_false, nargs="?", const=True, metavar="{true,false}",
+                     help=_help("no anti-aliasing: strided convolutions in the ResNet generator's downsampling and "
+                                "the PatchGAN (basic, n_layers); false gives the official CUT's blurred subsampling "
+                                "(a stride-1 convolution, then a [1,2,1] binomial blur at stride 2). The bare flag "
+                                "means true, as in the official CUT", "true; false for cut and fastcut"))
+    net.add_argument("--no_antialias_up", type=_true_or_false, nargs="?", const=True, metavar="{true,false}",
+                     help=_help("no anti-aliased upsampling in the ResNet generator (--upsample decides); false "
+                                "gives the official CUT's (a [1,3,3,1] binomial 2x upsampling, then a 3x3 "
+                                "convolution), whatever --upsample says", "true; false for cut and fastcut"))
     net.add_argument("--ngf", type=int, help=_help("generator filters in the first convolution", d.ngf))
     net.add_argument("--use_dropout", action="store_true", help="dropout (0.5) in the generator")
     net.add_argument("--netD", choices=DISCRIMINATORS, help=_help(
@@ -405,6 +420,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--load_size", type=int, help=_help("official resize size", "1.12 x the crop size"))
     data.add_argument("--crop_size", type=int, help="official crop size: sets --img_height and --img_width")
     data.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
+    data.add_argument("--finetune_phase", type=_true_or_false, nargs="?", const=True, metavar="{true,false}",
+                      help=_help("the official CUT's fine-tuning phase: from the first epoch after --decay_epoch "
+                                 "(when the learning rate starts to decay) the whole image is resized to the crop "
+                                 "size (--load_size becomes the crop size, so nothing is cropped away); flips stay",
+                                 "false; true for cut and fastcut"))
     data.add_argument("--direction", choices=("AtoB", "BtoA"), help=_help(
         "BtoA swaps the two domains", d.direction))
     data.add_argument("--max_dataset_size", type=int, help=_help(
@@ -419,7 +439,7 @@ ALIAS_FLAGS = ("crop_size", "epoch_count", "n_epochs_decay")
 # The keys a --config file may hold: every field's flag and the aliases.
 CONFIG_FILE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) | frozenset(ALIAS_FLAGS)
 # Flags that take the words true or false (a file gives a YAML boolean).
-SWITCH_FLAGS = frozenset({"nce_idt", "flip_equivariance"})
+SWITCH_FLAGS = frozenset({"nce_idt", "flip_equivariance", "no_antialias", "no_antialias_up", "finetune_phase"})
 # The on/off flags (``store_true``): a file gives them as true or false.
 BOOLEAN_FLAGS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.type in (bool, "bool")) - SWITCH_FLAGS
 
@@ -572,8 +592,8 @@ def validate(config: TrainConfig) -> None:
     _check_values(config)
     _check_images_and_networks(config)
     _check_numbers(config)
+    _check_model(config)  # a model's own needs first: its message says most (CUT: a ResNet generator)
     _check_combinations(config)
-    _check_model(config)
 
 
 # Upper bounds of sizes: beyond them a value is a typo, not a network (and shape arithmetic would
@@ -716,6 +736,16 @@ def _check_combinations(config: TrainConfig) -> None:
             f"--load_size {config.load_size} has no effect with --preprocess {config.preprocess}: use "
             "--preprocess resize_and_crop, scale_width or scale_width_and_crop (the official default is "
             "resize_and_crop)"
+        )
+    if not config.no_antialias and config.netD == "reference":
+        raise CycleGANError(
+            "--no_antialias false blurs the discriminator's subsampling as the official CUT's PatchGAN does; the "
+            "reference discriminator has no such form: add --netD basic (or n_layers, pixel)"
+        )
+    if (not config.no_antialias or not config.no_antialias_up) and config.netG != "resnet":
+        raise CycleGANError(
+            f"--no_antialias false / --no_antialias_up false shape the ResNet generator; --netG {config.netG} has "
+            "no such layers: use --netG resnet, or leave them true"
         )
     if config.netD in ("basic", "n_layers"):
         layers = 3 if config.netD == "basic" else config.n_layers_D

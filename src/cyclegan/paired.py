@@ -30,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from cyclegan.datasets import compose_transforms, find_domain_dirs, sample_seed
+from cyclegan.datasets import FinetunePhase, compose_transforms, find_domain_dirs, sample_seed
 from cyclegan.errors import BadImageError, CycleGANError
 from cyclegan.images import IMG_EXTENSIONS, convert_image, list_images, open_image
 
@@ -113,7 +113,7 @@ def pair_by_name(dir_A: Path, dir_B: Path) -> tuple[list[Path], list[Path]]:
 # The dataset
 
 
-class PairedDataset(Dataset):
+class PairedDataset(FinetunePhase, Dataset):
     """Pairs of images, A and its B: item ``i`` is pair ``i`` (in the order of the file names),
     as ``{"A": tensor, "B": tensor, "A_path": str, "B_path": str}``; the length is the number of
     pairs. (In the aligned layout both paths are the one image's.)
@@ -174,10 +174,10 @@ class PairedDataset(Dataset):
             seed, epoch, index = key
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(sample_seed(seed, epoch, index))
-                return self._item(index)
+                return self._item(index, epoch)
         return self._item(key)
 
-    def _item(self, index: int) -> dict[str, Any]:
+    def _item(self, index: int, epoch: int | None = None) -> dict[str, Any]:
         path_A, path_B = self.files_A[index], self.files_B[index]
         if self.layout == "aligned":
             img_A, img_B = self._halves(path_A)
@@ -186,8 +186,9 @@ class PairedDataset(Dataset):
             if img_B.size != img_A.size:
                 img_B = img_B.resize(img_A.size, Image.BICUBIC)
         seed = int(torch.randint(0, 2**63 - 1, (1,)).item())  # one draw: both halves augmented alike
-        item_A = _seeded(self.transform_A, img_A, seed)
-        item_B = _seeded(self.transform_B, img_B, seed)
+        transform_A, transform_B = self.transforms_at(epoch)
+        item_A = _seeded(transform_A, img_A, seed)
+        item_B = _seeded(transform_B, img_B, seed)
         return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
 
     def _halves(self, path: Path) -> tuple[Image.Image, Image.Image]:

@@ -64,7 +64,7 @@ class Pix2Pix(Model):
                "sees the input with the output, the vanilla GAN loss plus 100 x L1 to the paired target")
     presets = {"netG": "unet_256", "netD": "basic", "norm": "batch", "gan_mode": "vanilla", "pool_size": 0,
                "use_dropout": True, "lambda_L1": 100.0, "lambda_id": 0.0}
-    epochs = (200, 100)
+    epochs = (200, 99)  # the official 100 + 100 (options: --n_epochs_decay mapping)
     network_names = ("G_AB", "D_B")
     generators = {"AtoB": "G_AB"}
     loss_names = ("adv", "L1")

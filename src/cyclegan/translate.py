@@ -64,8 +64,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help=(
         "a run folder (its newest checkpoint), a checkpoint (epoch_N.safetensors or a run checkpoint folder), "
         "one generator's weights (.pth or .safetensors: the reference's G_AB_N.pth, the official "
-        "latest_net_G_A.pth), the name of an official pretrained generator fetched with 'cyclegan download model "
-        "NAME' (e.g. horse2zebra), or with --backend onnxruntime an exported .onnx file"))
+        "latest_net_G_A.pth, the official pix2pix or CUT latest_net_G.pth), the name of an official pretrained "
+        "generator fetched with 'cyclegan download model NAME' (e.g. horse2zebra, horse2zebra_cut), or with "
+        "--backend onnxruntime an exported .onnx file"))
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="image files, folders of images, or glob patterns (quote them)")
     p.add_argument("--output", required=True, help="folder for the translated images and index.html")

@@ -1,6 +1,6 @@
-"""The official CycleGAN and pix2pix datasets and pretrained generators, and the FID Inception
-network: their names, their addresses, and where ``cyclegan download`` puts them (which is where
-``train``, ``translate`` and ``evaluate`` look).
+"""The official CycleGAN and pix2pix datasets and pretrained generators, the official CUT and
+FastCUT generators, and the FID Inception network: their names, their addresses, and where
+``cyclegan download`` puts them (which is where ``train``, ``translate`` and ``evaluate`` look).
 
 The lists and addresses are those of the official repository's download scripts
 (``datasets/download_cyclegan_dataset.sh``, ``scripts/download_cyclegan_model.sh``,
@@ -8,7 +8,8 @@ The lists and addresses are those of the official repository's download scripts
 archives' as published, approximate (the pix2pix archives' are not published).
 ``$CYCLEGAN_BASE_URL`` (or ``--base_url``) replaces the host folder of the CycleGAN datasets and
 models, for a mirror, ``$CYCLEGAN_PIX2PIX_BASE_URL`` (or ``--base_url``) the pix2pix ones';
-``$CYCLEGAN_INCEPTION_URL`` the Inception's.
+``$CYCLEGAN_INCEPTION_URL`` the Inception's. The CUT generators come as one archive, the one the
+official CUT README points at (``$CYCLEGAN_CUT_BASE_URL`` replaces its host folder).
 
 Two families share names (``facades``, ``maps``, ``cityscapes``; ``sat2map``, ``map2sat``,
 ``facades_label2photo``): a name is ``FAMILY/NAME`` (``pix2pix/facades``), and a bare name is the
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["DATASETS", "MODELS", "BASE_URL", "INCEPTION_FILE", "INCEPTION_URL", "INCEPTION_SHA256",
-           "FAMILIES", "PIX2PIX_BASE_URL", "PIX2PIX_DATASETS", "PIX2PIX_MODELS", "PIX2PIX_WITHHELD", "Entry",
+           "FAMILIES", "CUT_BASE_URL", "CUT_MODELS", "CUT_ARCHIVE_MAX_BYTES", "cut_archive_url", "cut_archive_member",
+           "PIX2PIX_BASE_URL", "PIX2PIX_DATASETS", "PIX2PIX_MODELS", "PIX2PIX_WITHHELD", "Entry",
            "dataset_entries", "model_entries", "find_dataset", "find_model",
            "parse_size", "dataset_max_bytes", "MODEL_MAX_BYTES", "INCEPTION_MAX_BYTES",
            "base_url", "pix2pix_base_url", "dataset_url", "model_url", "inception_url", "pretrained_root",
@@ -69,7 +71,7 @@ MODELS: dict[str, str] = {
     "iphone2dslr_flower": "iPhone flower photos to DSLR depth of field",
 }
 
-FAMILIES = ("cyclegan", "pix2pix")
+FAMILIES = ("cyclegan", "pix2pix", "cut")
 
 PIX2PIX_BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix"
 
@@ -104,6 +106,20 @@ PIX2PIX_MODELS: dict[str, str] = {
     "day2night": "daytime scenes to night",
 }
 
+CUT_BASE_URL = "http://efrosgans.eecs.berkeley.edu/CUT"
+CUT_ARCHIVE = "pretrained_models.tar"
+# name -> what the generator does; each the official CUT's ResnetGenerator (9 blocks, anti-aliased,
+# about 45 MB), ``NAME_pretrained/latest_net_G.pth`` in the one archive (experiments/pretrained_launcher.py
+# of the official CUT says how each was trained; Cityscapes runs BtoA there: labels to photos).
+CUT_MODELS: dict[str, str] = {
+    "horse2zebra_cut": "horses to zebras (CUT)",
+    "horse2zebra_fastcut": "horses to zebras (FastCUT)",
+    "cat2dog_cut": "cats to dogs, AFHQ (CUT)",
+    "cat2dog_fastcut": "cats to dogs, AFHQ (FastCUT)",
+    "cityscapes_cut": "Cityscapes label maps to street photos (CUT)",
+    "cityscapes_fastcut": "Cityscapes label maps to street photos (FastCUT)",
+}
+
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
 # The SHA-256 published for this file (by a public metrics package that pins it); see docs/inference.md.
@@ -112,6 +128,7 @@ INCEPTION_SHA256 = "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e9
 
 # The most a download may bring, when its size is not published: a server that sends more is cut off.
 MODEL_MAX_BYTES = 512 * 2**20  # an official generator is about 45 MB
+CUT_ARCHIVE_MAX_BYTES = 4 * 2**30  # unpublished: six generators (and perhaps their other networks)
 INCEPTION_MAX_BYTES = 512 * 2**20  # about 95 MB
 UNPUBLISHED_DATASET_MAX_BYTES = 8 * 2**30
 PIX2PIX_DATASET_MAX_BYTES = 16 * 2**30  # no sizes published; edges2handbags, the largest, is several GB
@@ -165,7 +182,8 @@ def dataset_entries() -> list[Entry]:
 def model_entries() -> list[Entry]:
     """Every official pretrained generator, the CycleGAN ones first."""
     return ([Entry("cyclegan", n, what) for n, what in MODELS.items()]
-            + [Entry("pix2pix", n, what) for n, what in PIX2PIX_MODELS.items()])
+            + [Entry("pix2pix", n, what) for n, what in PIX2PIX_MODELS.items()]
+            + [Entry("cut", n, what) for n, what in CUT_MODELS.items()])
 
 
 def _find(text: str, entries: list[Entry]) -> Entry | None:
@@ -208,6 +226,20 @@ def model_url(name: str, base: str | None = None, family: str = "cyclegan") -> s
     return f"{base_url(base)}/pretrained_models/{name}.pth"
 
 
+def cut_base_url(given: str | None = None) -> str:
+    return (given or os.environ.get("CYCLEGAN_CUT_BASE_URL") or CUT_BASE_URL).rstrip("/")
+
+
+def cut_archive_url(base: str | None = None) -> str:
+    """``BASE/pretrained_models.tar``: every official CUT and FastCUT generator, in one archive."""
+    return f"{cut_base_url(base)}/{CUT_ARCHIVE}"
+
+
+def cut_archive_member(name: str) -> str:
+    """The path ``NAME`` has in the CUT archive, after any leading folders (``checkpoints/``)."""
+    return f"{name}_pretrained/latest_net_G.pth"
+
+
 def inception_url(given: str | None = None) -> str:
     return given or os.environ.get("CYCLEGAN_INCEPTION_URL") or INCEPTION_URL
 
@@ -219,9 +251,9 @@ def pretrained_root() -> Path:
 
 def pretrained_path(name: str, root: Path | None = None, family: str = "cyclegan") -> Path:
     """``ROOT/NAME.pth`` for a CycleGAN generator, ``ROOT/pix2pix/NAME.pth`` for a pix2pix one
-    (``sat2map`` is both: neither file may replace the other)."""
+    (``sat2map`` is both: neither file may replace the other), ``ROOT/cut/NAME.pth`` for CUT's."""
     folder = root or pretrained_root()
-    return (folder / "pix2pix" if family == "pix2pix" else folder) / f"{name}.pth"
+    return (folder if family == "cyclegan" else folder / family) / f"{name}.pth"
 
 
 def inception_locations() -> list[Path]:
