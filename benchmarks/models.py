@@ -19,11 +19,16 @@ pairs and the others from the same images unpaired).
    the true B, with the demo's baselines (the input itself, the mean B image). ``--task photo``:
    the photographic task of ``benchmarks/quality.py`` (``tests/photo_task.py``: a colour mapping
    that keeps every photograph's layout) at 32x32 with the same settings but the default losses.
+
+CUT and FastCUT train the official CUT's anti-aliased networks; the ``(strided)`` rows are them
+with the strided networks they had before (``STRIDED``), in the same run, so that what the
+official networks change can be told from the machine's noise.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -51,8 +56,30 @@ from cyclegan.step import build_optimizers, run_step  # noqa: E402
 from cyclegan.utils import ReplayBuffer, psnr, seed_everything  # noqa: E402
 
 
+# Arms beside the models: CUT and FastCUT with the networks they had before they took the official
+# CUT's (strided convolutions, the reference's nearest-neighbour upsampling, no fine-tuning phase;
+# PatchNCE on the same layers, numbered without the blur layers), to tell what the official
+# networks change, in the same run.
+STRIDED = {"no_antialias": True, "no_antialias_up": True, "upsample": "nearest", "finetune_phase": False}
+ARMS = {f"{m} (strided)": m for m in ("cut", "fastcut")}
+
+
+def arm_config(arm: str, config: TrainConfig) -> TrainConfig:
+    """``config`` (of the arm's model) with the arm's networks: the strided layer numbers are
+    the image, both downsampling convolutions, the first and the fifth (or last) block."""
+    if arm not in ARMS:
+        return config
+    last = 10 + min(4, config.n_residual_blocks - 1)
+    return dataclasses.replace(config, **STRIDED, nce_layers=f"0,4,7,10,{last}")
+
+
 def model_config(model: str, **values) -> TrainConfig:
-    return TrainConfig(model=model, **{**get_model(model).presets, **values})
+    base = ARMS.get(model, model)
+    return arm_config(model, TrainConfig(model=base, **{**get_model(base).presets, **values}))
+
+
+def arms() -> list[str]:
+    return list(MODELS) + list(ARMS)
 
 
 def make_step(model: str, size: int, device: torch.device):
@@ -69,10 +96,10 @@ def make_step(model: str, size: int, device: torch.device):
 
 
 def speed_and_memory(size: int, steps: int, warmup: int, device: torch.device) -> list[dict]:
-    fns = {m: make_step(m, size, device) for m in MODELS}
-    mib = {m: step_memory(fns[m], device) for m in MODELS}
+    fns = {m: make_step(m, size, device) for m in arms()}
+    mib = {m: step_memory(fns[m], device) for m in arms()}
     times = time_alternately(fns, steps, warmup, device)
-    rows = [{"model": m, "img_s": 1 / statistics.median(times[m]), "memory_mib": mib[m]} for m in MODELS]
+    rows = [{"model": m, "img_s": 1 / statistics.median(times[m]), "memory_mib": mib[m]} for m in arms()]
     for r in rows:
         r["speed_ratio"] = r["img_s"] / rows[0]["img_s"]
         r["memory_ratio"] = r["memory_mib"] / rows[0]["memory_mib"]
@@ -83,14 +110,14 @@ def speed_and_memory(size: int, steps: int, warmup: int, device: torch.device) -
 def train_for(model: str, seed: int, seconds: float, data: Path, task: str) -> dict:
     """The demo's settings for ``model`` (the photo task: with the default losses), trained for
     ``seconds`` of steps (no decay); PSNR on the test pairs."""
-    config = demo_config(str(data), n_epochs=2, device="cpu", seed=seed, model=model)
+    config = arm_config(model, demo_config(str(data), n_epochs=2, device="cpu", seed=seed, model=ARMS.get(model, model)))
     if task == "photo":
-        config.lambda_id = TrainConfig.lambda_id
+        config = dataclasses.replace(config, lambda_id=TrainConfig.lambda_id)
     seed_everything(seed)
     nets = build_networks(config)
     opts = build_optimizers(nets, config)
     buffers = {k: ReplayBuffer(config.pool_size) if config.pool_size > 0 else None for k in ("A", "B")}
-    if get_model(model).paired:  # pix2pix: the pairs themselves
+    if get_model(config.model).paired:  # pix2pix: the pairs themselves
         dataset: Any = PairedDataset(data, build_transforms("reference", 32, 32))
     else:  # the same images, unpaired: the others cannot use pairs
         dataset = ImageDataset(data, build_transforms("reference", 32, 32), unaligned=True)
@@ -124,7 +151,9 @@ def train_for(model: str, seed: int, seconds: float, data: Path, task: str) -> d
 def task_models(task: str) -> list[str]:
     """The models a task compares: on unpaired data those that train without pairs; on the paired
     task all (pix2pix on the pairs, the others on the same images unpaired)."""
-    return [m for m in MODELS if task == "paired" or not get_model(m).paired]
+    if task == "paired":
+        return list(MODELS)
+    return [m for m in arms() if not get_model(ARMS.get(m, m)).paired]
 
 
 def quality(seeds: list[int], seconds: float, task: str) -> list[dict]:
@@ -164,7 +193,8 @@ def write_report(path: Path, args: argparse.Namespace, rows: list[dict], results
 def speed_lines(args: argparse.Namespace, rows: list[dict]) -> list[str]:
     lines = [
         f"A training step at {args.size}x{args.size}, batch 1, each model with its defaults (9 residual blocks, "
-        f"64 filters; pix2pix: the U-Net 256 with batch norm; float32 on the CPU), all built in one process and "
+        f"64 filters; CUT and FastCUT: the official CUT's anti-aliased networks, and as before them in the "
+        f"(strided) rows; pix2pix: the U-Net 256 with batch norm; float32 on the CPU), all built in one process and "
         f"timed alternately (median of "
         f"{args.steps} steps after {args.warmup}). Memory: the tensor peak of a step beyond what was live before it.",
         "",
