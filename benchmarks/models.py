@@ -5,7 +5,7 @@ pairs and the others from the same images unpaired).
 
     python benchmarks/models.py                      # docs/benchmarks.md, section "models"
     python benchmarks/models.py --task photo --no_speed   # the quality part on photographs
-    python benchmarks/models.py --size 64 --steps 2 --seconds 10 --seeds 0 --no_report   # smoke run
+    python benchmarks/models.py --no_speed --seconds 5 --seeds 0 --no_report   # smoke run (pix2pix needs 256 for speed)
 
 1. Speed and memory: each model's step (``step.run_step``) at ``--size`` (256) batch 1 with its
    defaults (9 residual blocks, 64 filters; CUT/FastCUT with their official settings), built in

@@ -10,14 +10,14 @@
   official repository's ``latest_net_G_A.pth`` (its ``ResnetGenerator``: transposed-convolution
   upsampling, ``conv_block`` keys; instance-norm running statistics of old files are dropped), an
   official pix2pix ``latest_net_G.pth`` (its ``UnetGenerator``: nested ``model.model.1.model.3...``
-  keys; ``unet_128`` or ``unet_256`` by the nesting depth, batch, instance or no norm), an
-  official CUT ``latest_net_G.pth`` (its anti-aliased ``ResnetGenerator``, told by the blur
-  filters' ``filt`` buffers), or an exported ``.safetensors``. The architecture, depth or block count, width, norm and channels are
-  read off the keys and shapes. Files are read with ``weights_only=True``: nothing in them is
-  executed. Every generator runs in eval mode: a pix2pix U-Net's batch norms use their running
-  statistics and its dropout is off, as the official ``test.py --eval`` runs it (without
-  ``--eval`` the official script normalises with each image's own statistics and keeps dropout
-  on, so its outputs differ and vary; see docs/inference.md).
+  keys; ``unet_128`` or ``unet_256`` by the nesting depth, batch, instance or no norm), an official
+  CUT ``latest_net_G.pth`` (its anti-aliased ``ResnetGenerator``, told by the blur filters' ``filt``
+  buffers), or an exported ``.safetensors``. The architecture, depth or block count, width, norm and
+  channels are read off the keys and shapes. Files are read with ``weights_only=True``: nothing in
+  them is executed. Every generator runs in eval mode: a pix2pix U-Net's batch norms use their
+  running statistics and its dropout is off, as the official ``test.py --eval`` runs it (without
+  ``--eval`` the official script normalises with each image's own statistics and keeps dropout on,
+  so its outputs differ and vary; see docs/inference.md).
 
 ``translate_image`` pads an image by reflection to what the generator needs (a multiple of 4 for
 the ResNet generators) and crops the result back, so a 501x333 photo comes back 501x333; with

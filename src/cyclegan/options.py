@@ -201,8 +201,9 @@ def saved_fields(values: Any, source: str) -> dict[str, Any]:
 
 
 # Options that describe the networks; a run restarted with --epoch N must keep them.
-ARCHITECTURE_FIELDS = ("model", "netG", "upsample", "no_antialias", "no_antialias_up", "ngf", "use_dropout", "netD", "n_layers_D", "ndf", "norm",
-                       "n_residual_blocks", "channels", "input_nc", "output_nc", "nce_layers", "netF_nc")
+ARCHITECTURE_FIELDS = ("model", "netG", "upsample", "no_antialias", "no_antialias_up", "ngf", "use_dropout", "netD",
+                       "n_layers_D", "ndf", "norm", "n_residual_blocks", "channels", "input_nc", "output_nc",
+                       "nce_layers", "netF_nc")
 
 
 def _help(text: str, default: Any) -> str:
