@@ -174,3 +174,63 @@ def test_demo_data_is_deterministic_and_the_test_split_holds_the_truth(tmp_path)
     train_a = np.asarray(Image.open(a / "train" / "A" / "0000.png")).astype(int)
     train_b = np.asarray(Image.open(a / "train" / "B" / "0000.png")).astype(int)
     assert not np.array_equal(train_b, 255 - train_a)
+
+
+def _numbered(h: int, w: int) -> Image.Image:
+    """An RGB image whose every pixel is distinct, so that any flip or turn shows."""
+    values = np.arange(h * w * 3, dtype=np.int64).reshape(h, w, 3) % 251
+    return Image.fromarray(values.astype(np.uint8))
+
+
+@pytest.mark.parametrize("size,turns", [((8, 8), {0, 1, 2, 3}), ((8, 12), {0, 2})], ids=["square", "oblong"])
+def test_rot90_and_vflip_draw_every_orientation_they_may(size, turns):
+    h, w = size
+    img = _numbered(h, w)
+    base = np.asarray(img)
+    transform = datasets.Compose(datasets.build_transforms("none", 8, 8, flip=False, vflip=True, rot90=True))
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(64):
+        out = np.round((transform(img).numpy().transpose(1, 2, 0) + 1) / 2 * 255).astype(np.uint8)
+        found = [(flipped, k) for flipped in (False, True) for k in range(4)
+                 if np.array_equal(out, np.rot90(np.flipud(base) if flipped else base, k))]
+        assert found, "the output is no flip and quarter turn of the input"
+        seen.add(found[0])
+    assert seen == {(flipped, k) for flipped in (False, True) for k in turns}
+
+
+def test_the_augmentations_are_off_by_default_and_the_reference_draws_nothing_more():
+    steps = datasets.build_transforms("reference", 32, 32)
+    assert not any(isinstance(s, (datasets.RandomVerticalFlip, datasets.RandomRot90)) for s in steps)
+    from cyclegan.options import parse_config
+
+    default, _, _ = parse_config([])
+    assert not default.vflip and not default.rot90
+
+
+def test_the_flags_reach_the_training_transform(tmp_path):
+    from cyclegan.loader import open_run_data
+    from cyclegan.options import parse_config
+
+    for domain in ("A", "B"):
+        (tmp_path / "data" / "train" / domain).mkdir(parents=True)
+        _numbered(40, 40).save(tmp_path / "data" / "train" / domain / "0.png")
+    config, _, _ = parse_config(["--img_height", "32", "--img_width", "32", "--vflip", "--rot90"])
+    data = open_run_data(config, tmp_path / "data", tmp_path / "run")
+    kinds = [type(step).__name__ for step in data.train.transform_A.transforms]
+    assert kinds[-4:-2] == ["RandomVerticalFlip", "RandomRot90"]
+
+
+def test_a_pairs_two_halves_turn_alike(tmp_path):
+    from cyclegan.paired import PairedDataset
+
+    image = _numbered(16, 16)
+    for k in range(4):
+        (tmp_path / "train" / "A").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / "B").mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / "train" / "A" / f"{k}.png")
+        image.save(tmp_path / "train" / "B" / f"{k}.png")
+    pairs = PairedDataset(tmp_path, datasets.build_transforms("none", 16, 16, flip=False, vflip=True, rot90=True))
+    items = [pairs[(0, epoch, k)] for epoch in range(4) for k in range(4)]
+    assert all(torch.equal(item["A"], item["B"]) for item in items)
+    assert len({tuple(item["A"][0, 0, :4].tolist()) for item in items}) > 2  # they did turn

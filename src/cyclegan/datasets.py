@@ -162,6 +162,31 @@ class RandomHorizontalFlip:
         return img
 
 
+class RandomVerticalFlip:
+    """Mirror top-bottom with probability ``p`` (``--vflip``: for data with no up and down, such as
+    microscopy or satellite images)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if torch.rand(()).item() < self.p:
+            return img.transpose(Image.FLIP_TOP_BOTTOM)
+        return img
+
+
+class RandomRot90:
+    """Rotate by a multiple of 90 degrees drawn uniformly (``--rot90``): 0, 90, 180 or 270 for a
+    square image; 0 or 180 for another, whose sides a quarter turn would swap."""
+
+    TURNS = {1: Image.ROTATE_90, 2: Image.ROTATE_180, 3: Image.ROTATE_270}
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        square = img.width == img.height
+        k = int(torch.randint(0, 4 if square else 2, ()).item()) * (1 if square else 2)
+        return img.transpose(self.TURNS[k]) if k else img
+
+
 class ToTensor:
     """8-bit Pillow image -> float tensor ``(C, H, W)`` in [0, 1]."""
 
@@ -228,7 +253,7 @@ class MakeMultiple:
 
 def build_transforms(
     preprocess: str, height: int, width: int, load_size: int | None = None, flip: bool = True, channels: int = 3,
-    finetune: bool = False,
+    finetune: bool = False, vflip: bool = False, rot90: bool = False,
 ) -> list[Callable[[Any], Any]]:
     """The training transform for a ``--preprocess`` mode (see ``options.PREPROCESS_MODES``).
 
@@ -236,7 +261,8 @@ def build_transforms(
     official repository's, with ``load_size`` its resize size (default 1.12x the crop).
     ``finetune``: the official CUT's fine-tuning phase, where the resize size is the crop size
     (the whole image, resized, is what the network sees; ``reference`` resizes to cover the crop
-    instead of 1.12x it).
+    instead of 1.12x it). ``vflip`` and ``rot90`` add random vertical flips and quarter turns
+    after the left-right flip (off by default: the reference's transform draws nothing more).
     """
     load = max(height, width) if finetune else load_size or int(max(height, width) * 1.12)
     scale = 1.0 if finetune else 1.12
@@ -257,6 +283,10 @@ def build_transforms(
         raise ValueError(f"unknown preprocess mode {preprocess!r}")
     if flip:
         steps.append(RandomHorizontalFlip())
+    if vflip:
+        steps.append(RandomVerticalFlip())
+    if rot90:
+        steps.append(RandomRot90())
     return steps + [ToTensor(), Normalize((0.5,) * channels, (0.5,) * channels)]
 
 

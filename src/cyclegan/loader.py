@@ -108,7 +108,7 @@ def open_run_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunD
     options = dict(channels=config.channels_A, channels_B=config.channels_B, direction=config.direction,
                    max_dataset_size=config.max_dataset_size)
     train_transform = datasets.build_transforms(config.preprocess, h, w, config.load_size, not config.no_flip,
-                                                config.channels_A)
+                                                config.channels_A, vflip=config.vflip, rot90=config.rot90)
     paired = get_model(config.model).paired
     split = _sample_split(root, paired)
     train_set: Any
@@ -124,7 +124,8 @@ def open_run_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunD
                                         mode=split, **options)
     if config.finetune_phase:  # the official CUT's: whole images from the first decaying epoch
         train_set.finetune_from(config.decay_epoch + 1, datasets.build_transforms(
-            config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A, finetune=True))
+            config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A, finetune=True,
+            vflip=config.vflip, rot90=config.rot90))
     check_images(config, train_set, val_set)
     return RunData(root, train_set, val_set)
 

@@ -141,6 +141,8 @@ class TrainConfig:
     preprocess: str = "reference"
     load_size: int | None = None
     no_flip: bool = False
+    vflip: bool = False
+    rot90: bool = False
     finetune_phase: bool = False
     direction: str = "AtoB"
     max_dataset_size: int | None = None
@@ -421,6 +423,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--load_size", type=int, help=_help("official resize size", "1.12 x the crop size"))
     data.add_argument("--crop_size", type=int, help="official crop size: sets --img_height and --img_width")
     data.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
+    data.add_argument("--vflip", action="store_true", help=(
+        "also flip top-bottom at random (for images with no up and down: microscopy, satellite, histology)"))
+    data.add_argument("--rot90", action="store_true", help=(
+        "also rotate by a random multiple of 90 degrees (0 or 180 where the crop is not square)"))
     data.add_argument("--finetune_phase", type=_true_or_false, nargs="?", const=True, metavar="{true,false}",
                       help=_help("the official CUT's fine-tuning phase: from the first epoch after --decay_epoch "
                                  "(when the learning rate starts to decay) the whole image is resized to the crop "
