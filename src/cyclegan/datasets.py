@@ -39,6 +39,8 @@ __all__ = [
     "ResizeCover",
     "RandomCrop",
     "RandomHorizontalFlip",
+    "RandomVerticalFlip",
+    "RandomRot90",
     "ToTensor",
     "Normalize",
     "CenterCrop",
@@ -153,26 +155,22 @@ class CenterCrop(RandomCrop):
 class RandomHorizontalFlip:
     """Mirror left-right with probability ``p``."""
 
+    FLIP = Image.FLIP_LEFT_RIGHT
+
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
 
     def __call__(self, img: Image.Image) -> Image.Image:
         if torch.rand(()).item() < self.p:
-            return img.transpose(Image.FLIP_LEFT_RIGHT)
+            return img.transpose(self.FLIP)
         return img
 
 
-class RandomVerticalFlip:
+class RandomVerticalFlip(RandomHorizontalFlip):
     """Mirror top-bottom with probability ``p`` (``--vflip``: for data with no up and down, such as
     microscopy or satellite images)."""
 
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        if torch.rand(()).item() < self.p:
-            return img.transpose(Image.FLIP_TOP_BOTTOM)
-        return img
+    FLIP = Image.FLIP_TOP_BOTTOM
 
 
 class RandomRot90:
