@@ -260,6 +260,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         add_help=add_help,
         argument_default=argparse.SUPPRESS,
     )
+    for add in (_add_reference_flags, _add_model_flags, _add_run_flags, _add_watching_flags, _add_scoring_flags,
+                _add_speed_flags, _add_network_flags, _add_objective_flags, _add_data_flags):
+        add(p, d)
+    add_debug_flag(p)
+    return p
+
+
+def _add_reference_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The reference design's flags, its names and defaults."""
     ref = p.add_argument_group("the reference's flags")
     ref.add_argument("--epoch", type=int, help=_help(
         "epoch to start from; N > 0 loads the checkpoint saved after N epochs from the run folder", d.epoch))
@@ -289,8 +298,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     ref.add_argument("--lambda_cyc", type=float, help=_help("cycle loss weight", d.lambda_cyc))
     ref.add_argument("--lambda_id", type=float, help=_help("identity loss weight", d.lambda_id))
 
-    _add_model_flags(p, d)
 
+def _add_run_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where a run reads and writes, and how it starts, stops and resumes."""
     run = p.add_argument_group("run")
     run.add_argument("--dataroot", help=_help(
         "folder holding train/A, train/B (and test/A, test/B), or trainA, trainB, testA, testB",
@@ -319,6 +329,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                       "from it); flags given on the command line win")
     run.add_argument("--print_config", action="store_true", help="print the resolved options as YAML and exit")
 
+
+def _add_watching_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Where the metrics go."""
     watch = p.add_argument_group("watching")
     watch.add_argument("--logger", choices=("tensorboard", "wandb", "none"), help=_help(
         "where the loss terms, learning rates, img/s and sample grids go besides <output>/metrics.jsonl: "
@@ -326,6 +339,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     watch.add_argument("--log_interval", type=int, help=_help(
         "steps between logged metrics (and the last step of each epoch)", d.log_interval))
 
+
+def _add_scoring_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Scoring while training (``scoring``)."""
     score = p.add_argument_group("scoring while training (docs/training.md#scoring-while-training)")
     score.add_argument("--eval_every", type=int, metavar="EPOCHS", help=_help(
         "score the generators every N epochs on a fixed subset of the held-out images (test/, else train/): FID "
@@ -348,6 +364,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "the FID Inception network for FID and KID (default: as cyclegan evaluate looks for it; without it, "
         "scoring leaves FID and KID out, and --keep_best fid|kid is refused before training)"))
 
+
+def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Mixed precision, memory layout, compilation, activation checkpointing."""
     speed = p.add_argument_group("speed")
     speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help=_help(
         "mixed precision (autocast; the losses and weights stay float32; fp16 adds a gradient scaler): auto is "
@@ -364,6 +383,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "the memory, for some speed; docs/benchmarks.md), auto (full when the step would not fit the free "
         "memory, else off). The step computes the same numbers", d.activation_checkpointing))
 
+
+def _add_network_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The networks, under the official repository's (and the official CUT's) names."""
     net = p.add_argument_group("networks (official options)")
     net.add_argument("--arch", choices=tuple(ARCH_PRESETS), help=_help(
         "preset: 'official' sets --upsample transpose --netD basic, the official repository's networks",
@@ -397,6 +419,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     net.add_argument("--input_nc", type=int, help=_help("channels of domain A", "--channels"))
     net.add_argument("--output_nc", type=int, help=_help("channels of domain B", "--channels"))
 
+
+def _add_objective_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Losses and the learning-rate schedule (official options)."""
     obj = p.add_argument_group("objective and schedule (official options)")
     obj.add_argument("--gan_mode", choices=GAN_MODES, help=_help(
         "adversarial loss: lsgan (least squares), vanilla (cross-entropy), wgangp (Wasserstein with gradient "
@@ -415,6 +440,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         "linearly; maps to --n_epochs (total) and --decay_epoch"))
     obj.add_argument("--epoch_count", type=int, help="official 1-based starting epoch; the same as --epoch K-1")
 
+
+def _add_data_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """The training transform and the data (official options)."""
     data = p.add_argument_group("data (official options)")
     data.add_argument("--preprocess", choices=PREPROCESS_MODES, help=_help(
         "training transform: reference (resize to 1.12x keeping the aspect ratio, random crop), resize_and_crop "
@@ -437,8 +465,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     data.add_argument("--max_dataset_size", type=int, help=_help(
         "at most this many images of each domain (the first by name)", "all"))
     data.add_argument("--serial_batches", action="store_true", help="no shuffling; B image i goes with A image i")
-    add_debug_flag(p)
-    return p
 
 
 # The official names that map onto TrainConfig fields (``_resolve_aliases``); flags of their own.
