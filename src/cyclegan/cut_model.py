@@ -68,7 +68,7 @@ def nce_loss(G: nn.Module, F: nn.Module, source: torch.Tensor, target: torch.Ten
     pool_q, _ = F(feat_q, settings.num_patches, ids)
     total = torch.zeros((), device=source.device)
     for q, k in zip(pool_q, pool_k):
-        total = total + patch_nce_loss(full(q), full(k), source.size(0), settings.tau).mean() * settings.lambda_NCE
+        total = total + patch_nce_loss(q, k, source.size(0), settings.tau).mean() * settings.lambda_NCE
     return total / len(settings.layers)
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shutil
 import sys
 import tarfile
@@ -283,12 +282,15 @@ def _generators_from_cut_archive(archive: Path, root: Path, wanted: str, force: 
     """Each official CUT generator in ``archive`` written to ``root/cut/NAME.pth``, checked to load
     as the official CUT network first; a DownloadError when ``wanted`` is not in it or does not
     load (another that does not is left out with a warning). Returns the names kept."""
-    patterns = {name: re.compile(rf"(?:^|.*/){re.escape(zoo.cut_archive_member(name))}$") for name in zoo.CUT_MODELS}
+    by_path = {zoo.cut_archive_member(name): name for name in zoo.CUT_MODELS}
     kept: list[str] = []
     try:
         with tarfile.open(archive) as tar:
-            members = {name: next((m for m in tar.getmembers() if pattern.match(m.name)), None)
-                       for name, pattern in patterns.items()}
+            members: dict[str, tarfile.TarInfo | None] = dict.fromkeys(zoo.CUT_MODELS)
+            for member in tar.getmembers():  # NAME_pretrained/latest_net_G.pth under any leading folders
+                name = by_path.get("/".join(member.name.split("/")[-2:]))
+                if name is not None and members[name] is None:
+                    members[name] = member
             if members[wanted] is None:
                 raise DownloadError(f"{archive}: the archive holds no {zoo.cut_archive_member(wanted)}")
             for name, member in members.items():

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["gan_loss", "gradient_penalty", "cycle_loss", "identity_loss", "patch_nce_loss"]
+__all__ = ["gan_loss", "gradient_penalty", "cycle_loss", "identity_loss", "patch_nce_loss", "full"]
 
 
 def gan_loss(prediction: torch.Tensor, target_is_real: bool, gan_mode: str = "lsgan") -> torch.Tensor:
@@ -68,15 +68,16 @@ def patch_nce_loss(feat_q: torch.Tensor, feat_k: torch.Tensor, batch_size: int, 
     about 14 times.
     """
     device = feat_q.device.type
-    feat_q, feat_k = _at_least_float32(feat_q), _at_least_float32(feat_k.detach())
+    feat_q, feat_k = full(feat_q), full(feat_k.detach())
     if not _autocast_available(device):  # the meta device (memory planning): nothing to turn off
         return _patch_nce_float32(feat_q, feat_k, batch_size, tau)
     with torch.autocast(device, enabled=False):
         return _patch_nce_float32(feat_q, feat_k, batch_size, tau)
 
 
-def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+def full(x: torch.Tensor) -> torch.Tensor:
+    """A half-precision (autocast) result in float32; anything else as it is."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _autocast_available(device: str) -> bool:

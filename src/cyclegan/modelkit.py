@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cyclegan.distributed import unwrap
-from cyclegan.losses import gan_loss, gradient_penalty
+from cyclegan.losses import full, gan_loss, gradient_penalty
 from cyclegan.utils import ReplayBuffer
 
 __all__ = ["Model", "Precision", "adam", "full", "has_batch_norm", "discriminator_update", "frozen",
@@ -104,11 +104,6 @@ def adam(params: Any, lr: float, betas: tuple[float, float]) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
     except (RuntimeError, ValueError):  # an older torch, or a device without the fused kernel
         return torch.optim.Adam(params, lr=lr, betas=betas, foreach=True)
-
-
-def full(x: torch.Tensor) -> torch.Tensor:
-    """A half-precision (autocast) result in float32; anything else as it is."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d,
