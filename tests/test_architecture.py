@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("runtime", "runlock", "utils", "zoo"),
     ("images", "fetch"),
+    ("science",),  # scientific images: full-precision reading and writing, beside images
     ("datasets", "models", "losses", "distributed", "measures"),
     ("paired",),  # pix2pix pairs: built on datasets (its layouts, transforms, sample seeds)
     ("modelkit",),  # the Model interface and the step pieces the models share

@@ -187,7 +187,7 @@ def make_bad_input(kind: str, root: Path) -> tuple[list[str], str]:
     if kind == "width not multiple of 16":
         return flags[:2] + ["--img_width", "33"], "--img_width 33"
     if kind == "channels":
-        return flags + ["--channels", "2"], "--channels 2"
+        return flags + ["--channels", "0"], "--channels 0"
     if kind == "batch size":
         return flags + ["--batch_size", "0"], "--batch_size 0"
     if kind == "decay after end":

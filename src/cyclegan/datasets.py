@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from cyclegan.errors import BadImageError, CycleGANError
 from cyclegan.images import list_images, load_image, to_unit_tensor
+from cyclegan.science import Domain, Planes, Slice, read_array, to_unit
 
 __all__ = [
     "DEMO_DATASET",
@@ -186,10 +187,11 @@ class RandomRot90:
 
 
 class ToTensor:
-    """8-bit Pillow image -> float tensor ``(C, H, W)`` in [0, 1]."""
+    """8-bit Pillow image (or a scientific image's ``science.Planes``) -> float tensor ``(C, H, W)``
+    in [0, 1]."""
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        return to_unit_tensor(img)
+    def __call__(self, img: Image.Image | Planes) -> torch.Tensor:
+        return img.unit_tensor() if isinstance(img, Planes) else to_unit_tensor(img)
 
 
 class Normalize:
@@ -340,7 +342,34 @@ class FinetunePhase:
         return self.transform_A, self.transform_B
 
 
-class ImageDataset(FinetunePhase, Dataset):
+class DomainReader:
+    """Reads one image of side ``A`` or ``B`` for a dataset with ``channels``, ``channels_B`` and
+    ``domains``: an 8-bit photograph through ``images.load_image`` (as ever), the files of a
+    scientific domain (``domains[side]``, a ``science.Domain`` the loader settles; or, for a
+    dataset used on its own with other than 1 or 3 channels, each file's type range) as
+    ``science.Planes`` at full precision."""
+
+    channels: int
+    channels_B: int
+    domains: dict[str, Domain | None]
+
+    def read(self, item: Path | Slice, side: str) -> Image.Image | Planes:
+        channels = self.channels if side == "A" else self.channels_B
+        domain = self.domains.get(side)
+        if domain is None and channels in (1, 3) and not isinstance(item, Slice):
+            return _load(item, channels)
+        try:
+            array, _ = read_array(item)
+        except (CycleGANError, OSError, ValueError) as exc:
+            raise BadImageError(f"{item} could not be read during training ({exc})") from None
+        domain = domain or Domain.for_file(array)
+        if array.shape[2] != channels or str(array.dtype) != domain.dtype:
+            raise BadImageError(f"{item} holds {array.dtype} in {array.shape[2]} channel(s), not the {domain.dtype} in "
+                                f"{channels} of the files checked when the run started; it changed since")
+        return Planes(to_unit(array, domain))
+
+
+class ImageDataset(DomainReader, FinetunePhase, Dataset):
     """Unpaired images of two domains: item ``i`` is image ``i`` of A and, when ``unaligned``, a
     random image of B (else image ``i`` of B); the length is that of the larger domain.
 
@@ -366,11 +395,12 @@ class ImageDataset(FinetunePhase, Dataset):
     ) -> None:
         channels_B = channels if channels_B is None else channels_B
         for c in (channels, channels_B):
-            if c not in (1, 3):
-                raise CycleGANError(f"--channels must be 1 or 3, got {c}")
+            if c < 1:
+                raise CycleGANError(f"--channels must be 1 or more, got {c}")
         self.transform_A, self.transform_B = (
             compose_transforms(transforms_, c) for c in (channels, channels_B)
         )
+        self.domains = {"A": None, "B": None}
         self.unaligned = unaligned
         self.mode = mode
         self.channels, self.channels_B = channels, channels_B
@@ -410,8 +440,8 @@ class ImageDataset(FinetunePhase, Dataset):
         else:
             path_B = self.files_B[index % len(self.files_B)]
         transform_A, transform_B = self.transforms_at(epoch)
-        item_A = transform_A(_load(path_A, self.channels))
-        item_B = transform_B(_load(path_B, self.channels_B))
+        item_A = transform_A(self.read(path_A, "A"))
+        item_B = transform_B(self.read(path_B, "B"))
         return {"A": item_A, "B": item_B, "A_path": str(path_A), "B_path": str(path_B)}
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cyclegan import science
 from cyclegan.errors import CycleGANError
 from cyclegan.images import list_images, read_image
 from cyclegan.inference import add_epoch_flag, load_generator, translate_image
@@ -79,12 +80,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                                        "$CYCLEGAN_INCEPTION, ~/.cache/cyclegan, $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--kid_subset_size", type=int, default=100, help="images per KID subset (default: 100)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    p.add_argument("--display_bands", metavar="R,G,B", help=(
+        "images of other than 1 or 3 channels: the three channels (from 0) FID and KID see as RGB; without it they "
+        "get PSNR, SSIM and L1 (--paired) and the cycle error only"))
     p.add_argument("--json", help="also write the results to this JSON file")
     add_debug_flag(p)
     return p
 
 
-def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], list[torch.Tensor]]:
+def read_for_scoring(path: Path, channels: int, domain: science.Domain | None = None) -> torch.Tensor:
+    """One image as ``(C, H, W)`` in [-1, 1]: an 8-bit photograph as ``read_image`` reads it, a
+    scientific file (``science``) by ``domain``'s range, else by its type's."""
+    if domain is None and channels in (1, 3) and not science.needs_array_path(path):
+        return read_image(path, channels)[0][0]
+    array, _ = science.read_array(path)
+    if array.shape[2] != channels and not (array.shape[2] == 1 and channels == 3):
+        raise ValueError(f"it holds {array.shape[2]} channel(s), not {channels}")
+    unit = science.to_unit(array, domain or science.Domain.for_file(array))
+    tensor = torch.from_numpy(unit.transpose(2, 0, 1).copy()).mul_(2).sub_(1)
+    return tensor.expand(channels, -1, -1).contiguous() if tensor.shape[0] != channels else tensor  # grey as RGB
+
+
+def _read_folder(folder: str, channels: int, flag: str,
+                 domain: science.Domain | None = None) -> tuple[list[Path], list[torch.Tensor]]:
     path = Path(folder)
     if not path.is_dir():
         raise CycleGANError(f"{flag} {path}: no such folder")
@@ -94,10 +112,26 @@ def _read_folder(folder: str, channels: int, flag: str) -> tuple[list[Path], lis
     tensors = []
     for f in files:
         try:
-            tensors.append(read_image(f, channels)[0][0])
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            tensors.append(read_for_scoring(f, channels, domain))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, CycleGANError) as exc:
             raise CycleGANError(f"{flag}: cannot read {f} ({type(exc).__name__}: {exc}); remove or fix it") from None
     return files, tensors
+
+
+def _channels_of(folder: str) -> int:
+    """The channel count of a folder's first image (3 for an 8-bit photograph)."""
+    try:
+        files = list_images(Path(folder))
+        if not science.needs_array_path(files[0]):
+            return 3
+        return int(science.read_array(files[0])[0].shape[2])
+    except (CycleGANError, OSError, ValueError):  # said when the folder is read
+        return 3
+
+
+def _fid_view(images: list[torch.Tensor], bands: tuple[int, ...] | None) -> list[torch.Tensor]:
+    """What FID sees of images of other than 1 or 3 channels: the ``--display_bands`` composite."""
+    return [x if x.shape[0] in (1, 3) else x[list(bands or ())] for x in images]
 
 
 def check_flags(args: argparse.Namespace) -> None:
@@ -112,14 +146,33 @@ def check_flags(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     check_flags(args)
+    bands = science.parse_bands(args.display_bands)
     device = resolve_device(args.device)
-    features = InceptionFeatures(find_inception(args.inception), device)  # before any long work
     results: dict[str, Any] = {}
+    gen = None
+    target: science.Domain | None = None
     if args.checkpoint:
         if not args.input:
             raise CycleGANError("--checkpoint needs --input, the folder of source-domain images to translate")
         gen = load_generator(args.checkpoint, args.direction, device, args.epoch)
-        names, inputs = _read_folder(args.input, gen.in_channels, "--input")
+        saved = gen.config or {}
+        source_json, target_json = saved.get("data_A"), saved.get("data_B")
+        if args.direction == "BtoA":
+            source_json, target_json = target_json, source_json
+        target = science.Domain.from_json(target_json) if target_json else None
+        channels = gen.out_channels
+    else:
+        channels = _channels_of(args.fake)
+    with_fid = channels in (1, 3) or bands is not None
+    if bands is not None and max(bands) >= channels:
+        raise CycleGANError(f"--display_bands {args.display_bands}: the images have {channels} channels, counted from 0")
+    features = InceptionFeatures(find_inception(args.inception), device) if with_fid else None  # before long work
+    if not with_fid:
+        log.info("the images have %d channels: FID and KID need --display_bands R,G,B; scoring PSNR, SSIM, L1 and "
+                 "the cycle error only", channels)
+    if gen is not None:
+        names, inputs = _read_folder(args.input, gen.in_channels, "--input",
+                                     science.Domain.from_json(source_json) if source_json else None)
         back = None
         reverse = "BtoA" if args.direction == "AtoB" else "AtoB"
         if reverse in gen.directions:  # the other generator closes the cycle (CycleGAN)
@@ -139,9 +192,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cycle_l1"] = float(np.mean(cycle))
         results["checkpoint"] = gen.source
     else:
-        names, fakes = _read_folder(args.fake, 3, "--fake")
-    _, real = _read_folder(args.real, 3, "--real")
-    results.update(compute_metrics(fakes, real, features, args.kid_subset_size))
+        names, fakes = _read_folder(args.fake, channels if channels not in (1, 3) else 3, "--fake")
+    if features is not None:
+        _, real = _read_folder(args.real, channels if channels not in (1, 3) else 3, "--real", target)
+        results.update(compute_metrics(_fid_view(fakes, bands), _fid_view(real, bands), features,
+                                       args.kid_subset_size))
     if args.paired:
         truth_dir = Path(args.paired)
         if not truth_dir.is_dir():
@@ -150,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pairs = [(f, by_stem[n.stem]) for f, n in zip(fakes, names) if n.stem in by_stem]
         if not pairs:
             raise CycleGANError(f"--paired {truth_dir}: no file is named as an input ({names[0].stem}.*, ...)")
-        truth = [read_image(t, f.shape[0])[0][0] for f, t in pairs]
+        truth = [read_for_scoring(t, f.shape[0], target) for f, t in pairs]
         results.update(paired_metrics([f for f, _ in pairs], truth))
     return results
 

@@ -36,6 +36,7 @@ from cyclegan.utils import atomic_write
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "is_image_name",
     "list_images",
     "open_image",
     "convert_image",
@@ -52,16 +53,22 @@ __all__ = [
     "scan_images",
 ]
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".npy", ".nii", ".nii.gz")
 ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 QUALITY = {"JPEG": 95, "WEBP": 95}  # lossy formats: near-lossless quality
 ORIENTATION = 0x0112  # the EXIF tag
 
 
+def is_image_name(path: str | os.PathLike[str]) -> bool:
+    """Whether the file name has one of ``IMG_EXTENSIONS`` (any case); .npy and NIfTI files are
+    read by ``science``."""
+    return Path(path).name.lower().endswith(IMG_EXTENSIONS)
+
+
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """The image files directly in ``folder``, sorted by name; extensions match in any case."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_image_name(p))
     if not files:
         raise CycleGANError(
             f"{folder} holds no image files: put images there ({', '.join(IMG_EXTENSIONS)}, any case)"

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from cyclegan import datasets, zoo
+from cyclegan import datasets, science, zoo
 from cyclegan.errors import CycleGANError
 from cyclegan.images import scan_images
 from cyclegan.models import discriminator_min_side
@@ -33,6 +34,8 @@ class RunData:
     root: Path
     train: datasets.ImageDataset | PairedDataset
     val: datasets.ImageDataset | PairedDataset
+    # Each side's science.Domain as JSON (None: 8-bit photographs), what config.data_A/B keep.
+    domains: dict[str, dict[str, Any] | None] = dataclasses.field(default_factory=lambda: {"A": None, "B": None})
 
 
 def choose_dataset(config: TrainConfig, dataset_name_given: bool) -> tuple[TrainConfig, Path | None]:
@@ -126,13 +129,15 @@ def open_run_data(config: TrainConfig, root: Path | None, run_dir: Path) -> RunD
         train_set.finetune_from(config.decay_epoch + 1, datasets.build_transforms(
             config.preprocess, h, w, config.load_size, not config.no_flip, config.channels_A, finetune=True,
             vflip=config.vflip, rot90=config.rot90))
-    check_images(config, train_set, val_set)
-    return RunData(root, train_set, val_set)
+    domains = check_images(config, train_set, val_set)
+    return RunData(root, train_set, val_set, domains)
 
 
-def check_images(config: TrainConfig, *sets: Any) -> None:
+def check_images(config: TrainConfig, *sets: Any) -> dict[str, dict[str, Any] | None]:
     """Decode every file of the sets before training; stop with the list of those that fail
-    (``--bad_images error``), or leave them out (``skip``)."""
+    (``--bad_images error``), or leave them out (``skip``). A side whose files are not 8-bit
+    photographs (``science``) is read at full precision: its ``Domain`` is settled here (or
+    taken from the resumed run) and returned as JSON, None for an 8-bit side."""
     if config.preprocess in ("none", "scale_width"):  # sizes vary: the discriminator's minimum
         side = max(32, discriminator_min_side(config.netD, config.n_layers_D))
         min_size, min_label = (side, side), "the discriminator's minimum"
@@ -140,24 +145,86 @@ def check_images(config: TrainConfig, *sets: Any) -> None:
         min_size, min_label = (config.img_width, config.img_height), "the crop (--img_width x --img_height)"
     if isinstance(sets[0], PairedDataset) and sets[0].layout == "aligned":  # two halves side by side
         min_size, min_label = (2 * min_size[0], min_size[1]), f"twice the width of {min_label} (A and B side by side)"
-    files = sorted({p for ds in sets for p in ds.files_A + ds.files_B})
+    domains: dict[str, dict[str, Any] | None] = {"A": None, "B": None}
+    problems: list[tuple[Any, str]] = []
+    photos: set[Path] = set()
+    everything: set[Any] = set()
+    for side in ("A", "B"):
+        files = sorted({p for ds in sets for p in getattr(ds, f"files_{side}")})
+        saved = getattr(config, f"data_{side}")
+        channels = config.channels_A if side == "A" else config.channels_B
+        if saved is None and channels in (1, 3) and not any(science.needs_array_path(p) for p in files):
+            photos.update(files)
+            continue
+        domain, found = _scan_scientific(config, side, sets, min_size)
+        domains[side] = domain.to_json()
+        problems += found
+        for ds in sets:
+            ds.domains[side] = domain
+        everything.update(p for ds in sets for p in getattr(ds, f"files_{side}"))
+    everything |= photos
     workers = max(1, min(8, os.cpu_count() or 1))
-    problems = scan_images(files, workers, sys.stderr.isatty(), min_size, min_label)
+    problems += scan_images(sorted(photos), workers, sys.stderr.isatty(), min_size, min_label)
     if not problems:
-        return
+        return domains
     listing = "\n".join(f"  {path}: {reason}" for path, reason in problems)
     if config.bad_images == "error":
         raise CycleGANError(
-            f"{len(problems)} of {len(files)} image files cannot be used; fix or remove them, or pass "
+            f"{len(problems)} of {len(everything)} image files cannot be used; fix or remove them, or pass "
             f"--bad_images skip to leave them out:\n{listing}"
         )
-    log.warning("leaving out %d of %d image files (--bad_images skip):\n%s", len(problems), len(files), listing)
+    log.warning("leaving out %d of %d image files (--bad_images skip):\n%s", len(problems), len(everything), listing)
     bad = {path for path, _ in problems}
     for ds in sets:
         ds.exclude(bad)
         for folder, kept in ((ds.dir_A, ds.files_A), (ds.dir_B, ds.files_B)):
             if not kept:
                 raise CycleGANError(f"{folder}: no usable image is left once the bad files are left out")
+    return domains
+
+
+def _scan_scientific(config: TrainConfig, side: str, sets: Sequence[Any],
+                     min_size: tuple[int, int]) -> tuple[science.Domain, list[tuple[Any, str]]]:
+    """Settle a scientific side: NIfTI volumes become their non-empty slices; every file (slice)
+    is read once (``science.scan_domain``: the value range from the training files, types and
+    channels checked, NaN refused)."""
+    flag = "--input_nc" if side == "A" else "--output_nc"
+    channels = config.channels_A if side == "A" else config.channels_B
+    value_range = config.value_range if side == "A" else (config.value_range_B or config.value_range)
+    saved = getattr(config, f"data_{side}")
+    for ds in sets:
+        files = getattr(ds, f"files_{side}")
+        volumes = [science.is_volume(p) for p in files]
+        if any(volumes) and not all(volumes):
+            odd = files[volumes.index(False)]
+            raise CycleGANError(f"{odd}: not a NIfTI volume, but other files of domain {side} are; one domain holds "
+                                "volumes or images, not both")
+        if any(volumes):
+            if isinstance(ds, PairedDataset):
+                raise CycleGANError(f"{files[0]}: a paired model reads images, not NIfTI volumes; write the slices "
+                                    "as TIFF or .npy pairs")
+            setattr(ds, f"files_{side}", science.volume_items(files, config.slice_axis))
+            if not getattr(ds, f"files_{side}"):
+                raise CycleGANError(f"{ds.dir_A if side == 'A' else ds.dir_B}: every slice of its volumes holds one "
+                                    "value throughout; nothing to train on")
+        if isinstance(ds, PairedDataset) and ds.layout == "aligned":
+            raise CycleGANError(f"{ds.dir_A}: A and B side by side in one file is for 8-bit images; put scientific "
+                                "pairs in A and B folders, paired by name")
+
+    def warn(item: Any, clipped: float, domain: science.Domain) -> None:
+        log.warning("%s: the value range %s clips %.1f%% of its pixels; give --value_range%s MIN MAX or percentiles",
+                    item, domain.value_range, 100 * clipped, "" if side == "A" else "_B")
+
+    train_items = list(getattr(sets[0], f"files_{side}"))
+    domain, problems = science.scan_domain(
+        train_items, channels, value_range, flag, f"domain {side}", science.Domain.from_json(saved) if saved else None,
+        min_size, warn)
+    others = sorted({p for ds in sets[1:] for p in getattr(ds, f"files_{side}")} - set(train_items), key=str)
+    if others:
+        problems += science.scan_domain(others, channels, value_range, flag, f"domain {side}", domain, min_size,
+                                        warn)[1]
+    log.info("domain %s: %s", side, domain.describe())
+    return domain, problems
 
 
 def make_loader(dataset: datasets.ImageDataset, config: TrainConfig, rank: int, world_size: int,

@@ -147,6 +147,15 @@ class TrainConfig:
     direction: str = "AtoB"
     max_dataset_size: int | None = None
     serial_batches: bool = False
+    # Scientific images (science.py): the value range, NIfTI slicing, the bands shown.
+    value_range: str = "dtype"
+    value_range_B: str | None = None
+    slice_axis: int = 2
+    display_bands: str | None = None
+    # Settled when the data are first read (a scientific domain's science.Domain as JSON; None for
+    # 8-bit photographs) and kept with the run, so inference inverts exactly what training did.
+    data_A: dict | None = None
+    data_B: dict | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,7 +192,7 @@ def _json_type_ok(value: Any, default: Any) -> bool:
         return isinstance(value, str)
     if isinstance(default, (list, tuple)):
         return isinstance(value, (list, tuple))
-    return value is None or isinstance(value, (bool, int, float, str, list))
+    return value is None or isinstance(value, (bool, int, float, str, list, dict))
 
 
 def saved_fields(values: Any, source: str) -> dict[str, Any]:
@@ -202,10 +211,11 @@ def saved_fields(values: Any, source: str) -> dict[str, Any]:
     return fields
 
 
-# Options that describe the networks; a run restarted with --epoch N must keep them.
+# Options that describe the networks; a run restarted with --epoch N (or resumed) must keep them. The
+# value ranges and slicing belong here too: the weights mean nothing under another scaling of the data.
 ARCHITECTURE_FIELDS = ("model", "netG", "upsample", "no_antialias", "no_antialias_up", "ngf", "use_dropout", "netD",
                        "n_layers_D", "ndf", "norm", "n_residual_blocks", "channels", "input_nc", "output_nc",
-                       "nce_layers", "netF_nc")
+                       "nce_layers", "netF_nc", "value_range", "value_range_B", "slice_axis")
 
 
 def _help(text: str, default: Any) -> str:
@@ -288,7 +298,8 @@ def _add_reference_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "data-loading worker processes (at most the machine's CPU count; 0 loads in the main process)", d.n_cpu))
     ref.add_argument("--img_height", type=int, help=_help("training image height, a multiple of 16", d.img_height))
     ref.add_argument("--img_width", type=int, help=_help("training image width, a multiple of 16", d.img_width))
-    ref.add_argument("--channels", type=int, help=_help("number of image channels (1 or 3)", d.channels))
+    ref.add_argument("--channels", type=int, help=_help(
+        "number of image channels: 1 or 3, or any count for TIFF or .npy files", d.channels))
     ref.add_argument("--sample_interval", type=int, help=_help(
         "interval (in batches) between sample grids written to <output>/samples", d.sample_interval))
     ref.add_argument("--checkpoint_interval", type=int, help=_help(
@@ -465,12 +476,29 @@ def _add_data_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     data.add_argument("--max_dataset_size", type=int, help=_help(
         "at most this many images of each domain (the first by name)", "all"))
     data.add_argument("--serial_batches", action="store_true", help="no shuffling; B image i goes with A image i")
+    science = p.add_argument_group("scientific images: 16-bit, float, any channels, NIfTI (docs/scientific.md)")
+    science.add_argument("--value_range", nargs="+", metavar="V", help=_help(
+        "the values that map onto the network's -1..1, clipped, for files of more than 8 bits, of other than 1 or 3 "
+        "channels, .npy or NIfTI: 'dtype' (integers: the type's full range, floats: 0 to 1), MIN MAX, or "
+        "percentiles of the training files such as p0.5 p99.5 (per channel, computed once); stored with the run "
+        "and inverted by translate", d.value_range))
+    science.add_argument("--value_range_B", nargs="+", metavar="V", help=_help(
+        "the same for domain B, when its units differ (e.g. MR to CT)", "--value_range"))
+    science.add_argument("--slice_axis", type=int, choices=(0, 1, 2), help=_help(
+        "NIfTI volumes: train on the slices along this voxel axis (2: axial in the usual orientation); slices "
+        "holding one value throughout are skipped", d.slice_axis))
+    science.add_argument("--display_bands", metavar="R,G,B", help=_help(
+        "three channels (counted from 0) shown as red, green, blue in sample grids and the report, for images of "
+        "other than 1 or 3 channels", "the first channel as grey"))
 
 
 # The official names that map onto TrainConfig fields (``_resolve_aliases``); flags of their own.
 ALIAS_FLAGS = ("crop_size", "epoch_count", "n_epochs_decay")
+# Settled from the data when a run starts (not options): a --config file's (a config.json) are left out.
+SETTLED_FIELDS = ("data_A", "data_B")
 # The keys a --config file may hold: every field's flag and the aliases.
-CONFIG_FILE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) | frozenset(ALIAS_FLAGS)
+CONFIG_FILE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - frozenset(SETTLED_FIELDS) | \
+    frozenset(ALIAS_FLAGS)
 # Flags that take the words true or false (a file gives a YAML boolean).
 SWITCH_FLAGS = frozenset({"nce_idt", "flip_equivariance", "no_antialias", "no_antialias_up", "finetune_phase"})
 # The on/off flags (``store_true``): a file gives them as true or false.
@@ -499,6 +527,8 @@ def _config_file_argv(path: str) -> list[str]:
     tokens: list[str] = []
     for key, value in values.items():
         key = str(key)
+        if key in SETTLED_FIELDS:
+            continue
         if key not in CONFIG_FILE_KEYS:
             raise CycleGANError(f"--config {file}: unknown option {key!r} (keys are flag names without the dashes)")
         if value is None:
@@ -520,6 +550,9 @@ INVOCATION_FIELDS = ("overwrite", "resume", "max_steps")
 def _resolve_aliases(given: dict[str, Any], base: dict[str, Any] | None = None) -> dict[str, Any]:
     """Map the official option names onto ours, refusing contradictions (``base``: the values
     these flags are laid over, e.g. a config file's)."""
+    for key in ("value_range", "value_range_B"):  # one or two words: kept as one string
+        if isinstance(given.get(key), list):
+            given[key] = " ".join(given[key])
     if "crop_size" in given:
         crop = given.pop("crop_size")
         for flag in ("img_height", "img_width"):
@@ -635,6 +668,7 @@ LARGEST = {"ngf": 4096, "ndf": 4096, "netF_nc": 4096, "n_residual_blocks": 1000,
            "img_height": 65536, "img_width": 65536, "load_size": 65536, "batch_size": 65536, "num_patches": 2**20}
 LARGEST_FLOAT = 1e6  # weights, rates, gains, margins: nothing meaningful lies beyond
 LARGEST_INT = 2**31 - 1  # epochs, steps, intervals (the seed has its own range)
+MAX_CHANNELS = 1024  # --channels, --input_nc, --output_nc
 PATH_FLAGS = ("dataroot", "output", "resume", "dataset_name")
 
 
@@ -672,12 +706,20 @@ def _check_values(config: TrainConfig) -> None:
 
 def _check_images_and_networks(config: TrainConfig) -> None:
     """Channels, image sizes and the sizes the networks and transforms need."""
-    if config.channels not in (1, 3):
-        raise CycleGANError(f"--channels {config.channels}: use 1 (grey) or 3 (RGB)")
-    for flag in ("input_nc", "output_nc"):
+    for flag in ("channels", "input_nc", "output_nc"):
         value = getattr(config, flag)
-        if value is not None and value not in (1, 3):
-            raise CycleGANError(f"--{flag} {value}: use 1 (grey) or 3 (RGB)")
+        if value is not None and not 1 <= value <= MAX_CHANNELS:
+            raise CycleGANError(f"--{flag} {value}: use 1 (grey), 3 (RGB) or another count from 1 to {MAX_CHANNELS} "
+                                "(files of other than 1 or 3 channels: TIFF or .npy)")
+    from cyclegan.science import parse_bands, parse_value_range
+
+    parse_value_range(config.value_range)
+    if config.value_range_B is not None:
+        parse_value_range(config.value_range_B, "--value_range_B")
+    bands = parse_bands(config.display_bands)
+    if bands is not None and max(bands) >= min(config.channels_A, config.channels_B):
+        raise CycleGANError(f"--display_bands {config.display_bands}: the images have {config.channels_A} (A) and "
+                            f"{config.channels_B} (B) channels, counted from 0")
     if config.channels_A != config.channels_B and config.lambda_id > 0:
         raise CycleGANError(
             f"the identity loss needs both domains to have the same channels (--input_nc {config.channels_A}, "

@@ -30,7 +30,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 from torch.utils.data import Dataset
 
-from cyclegan.datasets import FinetunePhase, compose_transforms, find_domain_dirs, sample_seed
+from cyclegan.datasets import DomainReader, FinetunePhase, compose_transforms, find_domain_dirs, sample_seed
 from cyclegan.errors import BadImageError, CycleGANError
 from cyclegan.images import IMG_EXTENSIONS, convert_image, list_images, open_image
 
@@ -113,7 +113,7 @@ def pair_by_name(dir_A: Path, dir_B: Path) -> tuple[list[Path], list[Path]]:
 # The dataset
 
 
-class PairedDataset(FinetunePhase, Dataset):
+class PairedDataset(DomainReader, FinetunePhase, Dataset):
     """Pairs of images, A and its B: item ``i`` is pair ``i`` (in the order of the file names),
     as ``{"A": tensor, "B": tensor, "A_path": str, "B_path": str}``; the length is the number of
     pairs. (In the aligned layout both paths are the one image's.)
@@ -139,8 +139,9 @@ class PairedDataset(FinetunePhase, Dataset):
     ) -> None:
         channels_B = channels if channels_B is None else channels_B
         for c in (channels, channels_B):
-            if c not in (1, 3):
-                raise CycleGANError(f"--channels must be 1 or 3, got {c}")
+            if c < 1:
+                raise CycleGANError(f"--channels must be 1 or more, got {c}")
+        self.domains: dict[str, Any] = {"A": None, "B": None}
         if direction not in ("AtoB", "BtoA"):
             raise ValueError(f"direction must be AtoB or BtoA, got {direction!r}")
         self.transform_A, self.transform_B = (compose_transforms(transforms_, c) for c in (channels, channels_B))
@@ -182,7 +183,7 @@ class PairedDataset(FinetunePhase, Dataset):
         if self.layout == "aligned":
             img_A, img_B = self._halves(path_A)
         else:
-            img_A, img_B = _load(path_A, self.channels), _load(path_B, self.channels_B)
+            img_A, img_B = self.read(path_A, "A"), self.read(path_B, "B")
             if img_B.size != img_A.size:
                 img_B = img_B.resize(img_A.size, Image.BICUBIC)
         seed = int(torch.randint(0, 2**63 - 1, (1,)).item())  # one draw: both halves augmented alike

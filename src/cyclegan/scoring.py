@@ -38,6 +38,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.measures import InceptionFeatures, find_inception, image_features, metrics_from_features, paired_metrics
 from cyclegan.options import LOWER_IS_BETTER, TrainConfig
 from cyclegan.registry import get_model
+from cyclegan.science import composite, parse_bands
 from cyclegan.utils import atomic_write
 
 __all__ = ["Best", "Scorer", "improved", "best_so_far"]
@@ -150,13 +151,18 @@ class Scorer:
         self.features: nn.Module | None = None
         self.real_features: torch.Tensor | None = None
         wants_inception = config.keep_best in ("fid", "kid")
+        self.bands = parse_bands(config.display_bands)
+        channels = self.real_B.shape[1]
         try:
+            if channels not in (1, 3) and self.bands is None:  # FID sees RGB: which three channels?
+                raise CycleGANError(f"FID and KID need three of the {channels} channels: give --display_bands R,G,B")
             inception = find_inception(config.inception)
         except CycleGANError as exc:
             if wants_inception:
                 raise CycleGANError(f"--keep_best {config.keep_best}: {exc}") from None
-            log.info("scoring leaves FID and KID out: the FID Inception network is not here (cyclegan download "
-                     "inception fetches it, or give --inception PATH)")
+            log.info("scoring leaves FID and KID out: %s", exc if channels not in (1, 3) and self.bands is None else
+                     "the FID Inception network is not here (cyclegan download inception fetches it, or give "
+                     "--inception PATH)")
         else:
             self.features = InceptionFeatures(inception, device)
             self.real_features = self._cached_real_features(inception, run_dir)
@@ -197,7 +203,7 @@ class Scorer:
                 log.warning("scoring: %s is damaged; computing the real features again", path)
         assert self.features is not None
         with torch.inference_mode():
-            features = image_features(list(self.real_B), self.features)
+            features = image_features(list(composite(self.real_B, self.bands)), self.features)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(path) as f:
             np.save(f, features.numpy(), allow_pickle=False)
@@ -223,7 +229,7 @@ class Scorer:
                 fake = torch.cat(fakes)
                 scores: dict[str, float] = {}
                 if self.features is not None and self.real_features is not None:
-                    fake_features = image_features(list(fake), self.features)
+                    fake_features = image_features(list(composite(fake, self.bands)), self.features)
                     found = metrics_from_features(self.real_features, fake_features)
                     scores.update(fid=found["fid"], kid=found["kid"])
                 if self.paired:

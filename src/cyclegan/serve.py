@@ -30,9 +30,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from cyclegan import science
 from cyclegan.errors import CycleGANError
-from cyclegan.images import read_image, tensor_to_image, with_alpha, write_image
-from cyclegan.inference import add_epoch_flag, automatic_tile, load_generator, translate_image
+from cyclegan.images import tensor_to_image, with_alpha, write_image
+from cyclegan.inference import Generator, add_epoch_flag, automatic_tile, load_generator, translate_image
 from cyclegan.runtime import add_debug_flag, available_bytes, resolve_device, run_command
 
 __all__ = ["main", "build_app", "Translator"]
@@ -55,12 +56,18 @@ class Translator:
         self.out_dir.mkdir(parents=True, exist_ok=True)
 
     def check(self, path: str) -> tuple[int, int]:
-        """The image's size, read from its header; a ValueError with a message past a limit."""
+        """The image's size, read from its header (a scientific file's from its pixels); a
+        ValueError with a message past a limit."""
         try:
-            with Image.open(path) as img:
-                size = img.size
+            if science.needs_array_path(Path(path)):
+                array, _ = science.read_array(Path(path))
+                size = (array.shape[1], array.shape[0])
+            else:
+                with Image.open(path) as img:
+                    size = img.size
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for a bad file
-            raise ValueError(f"This file is not an image Pillow can read ({type(exc).__name__}).") from exc
+            raise ValueError(f"This file is not an image this server can read ({type(exc).__name__}: {exc}).") \
+                from exc
         pixels = size[0] * size[1]
         if pixels > self.max_pixels:
             raise ValueError(f"The image is too large: {size[0]}x{size[1]} = {pixels:,} pixels; this server accepts at "
@@ -70,12 +77,32 @@ class Translator:
     def __call__(self, path: str, direction: str) -> tuple[Image.Image, str]:
         self.check(path)
         gen = self.generators[direction]
-        tensor, alpha, _ = read_image(Path(path), gen.in_channels)
+        domains = science.Domains.of(gen, direction, None)
+        try:
+            tensor, alpha, _, values = domains.read_any(Path(path), gen)
+        except (CycleGANError, OSError) as exc:
+            raise ValueError(str(exc)) from exc
+        if values is not None:  # full precision: the download in the input's format, a picture shown
+            return self._scientific(Path(path), gen, tensor, values, direction)
         tile = self.tile or automatic_tile(gen, tensor.shape, available_bytes(self.device))
         result = tensor_to_image(translate_image(gen, tensor.to(self.device), tile)[0])
         target = self.out_dir / f"{Path(path).stem}_{direction}.png"
         write_image(result, target, alpha)
         return with_alpha(result, alpha), str(target)  # the page shows what the download holds
+
+    def _scientific(self, path: Path, gen: Generator, tensor: torch.Tensor, values: tuple[science.Domain, str, str],
+                    direction: str) -> tuple[Image.Image, str]:
+        """A scientific image: its translation written at full precision (TIFF, or the input's
+        .npy), the page showing the run's --display_bands composite or the first channel as grey."""
+        domain, dtype, layout = values
+        tile = self.tile or automatic_tile(gen, tensor.shape, available_bytes(self.device))
+        out = translate_image(gen, tensor.to(self.device), tile)[0].cpu()
+        suffix = ".npy" if path.suffix.lower() == ".npy" else ".tif"
+        target = self.out_dir / f"{path.stem}_{direction}{suffix}"
+        science.write_array(science.to_values(out, domain, dtype), target, layout)
+        bands = science.parse_bands((gen.config or {}).get("display_bands"))
+        shown = science.composite(out[None], bands if out.shape[0] not in (1, 3) else None)[0]
+        return tensor_to_image(shown), str(target)
 
 
 def build_app(translator: Translator, max_upload_mb: float):
@@ -101,7 +128,7 @@ def build_app(translator: Translator, max_upload_mb: float):
         with gr.Row():
             direction = gr.Radio(directions, value=directions[0], label="direction", elem_id="direction")
             button = gr.Button("Translate", variant="primary", elem_id="translate")
-        download = gr.File(label="download (PNG)", elem_id="download")
+        download = gr.File(label="download (PNG; TIFF or .npy at full precision for scientific images)", elem_id="download")
         button.click(run, inputs=[source, direction], outputs=[result, download])
     return app
 

@@ -51,6 +51,7 @@ from cyclegan.distributed import (
 )
 from cyclegan.errors import BadImageError, CycleGANError, TrainingDiverged, TrainingStopped
 from cyclegan.images import make_grid, save_image
+from cyclegan.science import composite, parse_bands
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
 from cyclegan.logger import NullLogger, Progress, make_logger
 from cyclegan.memory import check_fits, out_of_memory_advice, resolve_recompute
@@ -160,6 +161,9 @@ def train_in_folder(config: TrainConfig, explicit: set[str]) -> Path:
     _, data_root = choose_dataset(config, dataset_name_given=True)  # settled in train() or saved with the run
     run_dir = resumed.run_dir if resumed else default_run_dir(config)
     data = open_data(config, data_root, run_dir, env)  # every image checked before the old run is cleared
+    if (data.domains["A"], data.domains["B"]) != (config.data_A, config.data_B):  # how the values were scaled
+        config = dataclasses.replace(config, data_A=data.domains["A"], data_B=data.domains["B"])
+        resumed = dataclasses.replace(resumed, config=config) if resumed else None
     start = resumed or new_start(config, env)
     seed_everything(config.seed + env.rank)  # per-rank model randomness; rank 0's weights are broadcast
     scorer = Scorer(config, data.val, run_dir, device) if env.is_main and (
@@ -506,7 +510,8 @@ def sample_images(config: TrainConfig, nets: dict[str, nn.Module], batch: dict[s
     for G in generators:
         G.train()
     n = real_A.size(0)
-    images = [x.cpu() for x in images]
+    bands = parse_bands(config.display_bands)  # images of other than 1 or 3 channels: a composite, or grey
+    images = [composite(x.cpu(), bands if x.size(1) not in (1, 3) else None) for x in images]
     if len({x.size(1) for x in images}) > 1:  # grey and colour domains: show grey as RGB
         images = [x.expand(-1, 3, -1, -1) if x.size(1) == 1 else x for x in images]
     rows = [make_grid(x, nrow=n) for x in images]

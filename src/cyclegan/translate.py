@@ -32,11 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cyclegan import science
 from cyclegan.errors import CycleGANError
-from cyclegan.images import IMG_EXTENSIONS, list_images, read_image, tensor_to_image, write_image
+from cyclegan.images import IMG_EXTENSIONS, list_images, tensor_to_image, write_image
 from cyclegan.inference import (
     add_epoch_flag,
     Generator,
@@ -54,6 +56,8 @@ __all__ = ["main", "get_args_parser", "collect_inputs"]
 log = logging.getLogger("cyclegan.translate")
 
 OUTPUT_EXTENSIONS = ("png", "jpg", "jpeg", "webp")  # written in their own format; others as png
+SCIENCE_EXTENSIONS = ("tif", "tiff", "npy")  # scientific images keep these (and NIfTI volumes theirs)
+VIEWABLE = (".png", ".jpg", ".webp")  # what index.html shows as pictures (the rest as links)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -84,8 +88,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "translate in SIZE x SIZE tiles with blended seams (default: whole images, or tiles of the largest of "
         "2048, 1024, 512, 256 that fits when a whole image would need more than half the free memory)"))
     p.add_argument("--overlap", type=int, default=32, metavar="PX", help="pixels tiles share (default: 32)")
-    p.add_argument("--ext", choices=("png", "jpg", "webp"), default=None, help=(
-        "output format (default: the input's when png, jpg or webp, else png)"))
+    p.add_argument("--ext", choices=("png", "jpg", "webp", "tif", "npy"), default=None, help=(
+        "output format (default: the input's when png, jpg or webp, else png; a scientific image's own: png, "
+        "tif, npy; a NIfTI volume is written as a volume)"))
+    p.add_argument("--output_dtype", choices=science.OUTPUT_DTYPES, default=None, help=(
+        "scientific images: the type of the written values (default: the type of the run's target-domain files, "
+        "else the input's; 8-bit photographs stay 8-bit)"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=(
         "torch, or onnxruntime running a file made by 'cyclegan export --format onnx' (default: torch)"))
@@ -128,12 +136,34 @@ class Item:
     size: tuple[int, int]
     tensor: torch.Tensor
     alpha: Image.Image | None
+    # A scientific image: how its values are written back (domain, dtype, layout of the input).
+    values: tuple[science.Domain, str, str] | None = None
 
 
 def output_name(name: Path, ext: str | None) -> Path:
+    if science.is_volume(name):  # a volume is written as a volume, under its own name
+        return name
     own = name.suffix.lower().lstrip(".")
-    chosen = ext or (own if own in OUTPUT_EXTENSIONS else "png")
-    return name.with_suffix("." + ("jpg" if chosen == "jpeg" else chosen))
+    keep = OUTPUT_EXTENSIONS + SCIENCE_EXTENSIONS
+    chosen = ext or (own if own in keep else "png")
+    return name.with_suffix("." + ("jpg" if chosen == "jpeg" else "tif" if chosen == "tiff" else chosen))
+
+
+def translate_volume(gen: Generator | OnnxGenerator, domains: science.Domains, source: Path, target: Path,
+                     args: argparse.Namespace, device: torch.device) -> None:
+    """Every slice of a NIfTI volume through the generator, stacked back into a volume with the
+    input's affine and header, in the target domain's units."""
+    axis = domains.source.slice_axis if domains.source and domains.source.slice_axis is not None else 2
+    _, like = science.read_volume(source)
+    slices = science.volume_slices(source, axis)
+    out: list[np.ndarray] = []
+    for start in range(0, len(slices), args.batch_size):
+        chunk = slices[start:start + args.batch_size]
+        batch = torch.cat([domains.encode(s, source, gen) for s in chunk]).to(device)
+        result = translate_image(gen, batch, args.tile, args.overlap)
+        for s, y in zip(chunk, result):
+            out.append(science.to_values(y, domains.target_for(s, gen), domains.dtype_for(s)))
+    science.write_volume(out, axis, like, target)
 
 
 def choose_tile(gen: Generator | OnnxGenerator, batch: torch.Tensor, device: torch.device,
@@ -162,10 +192,16 @@ def _text(name: str) -> str:
 
 def write_index(output: Path, done: list[tuple[Path, Path]]) -> None:
     rows = []
+
+    def cell(href: str, path: Path) -> str:  # a picture a browser shows, else a link to the file
+        if path.suffix.lower() in VIEWABLE:
+            return f'<img src="{href}" loading="lazy">'
+        return f'<a href="{href}">{_text(path.name)}</a>'
+
     for source, target in done:
         src = _href(Path(os.path.relpath(source.resolve(), output.resolve())).as_posix())
-        rows.append(f'<tr><td>{_text(source.name)}</td><td><img src="{src}" loading="lazy"></td>'
-                    f'<td><img src="{_href(target.as_posix())}" loading="lazy"></td></tr>')
+        rows.append(f'<tr><td>{_text(source.name)}</td><td>{cell(src, source)}</td>'
+                    f'<td>{cell(_href(target.as_posix()), target)}</td></tr>')
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>cyclegan translate</title><style>"
         "body{font-family:sans-serif}img{max-width:420px;max-height:420px}td{padding:4px;vertical-align:top}"
@@ -247,6 +283,22 @@ def _resized(tensor: torch.Tensor, size: tuple[int, int], work_size: int) -> tor
                                            align_corners=False).clamp(-1, 1)
 
 
+def write_output(it: Item, out: torch.Tensor, output: Path) -> None:
+    """Write one translation (``--resize``: scaled back to the input's size first): a scientific
+    image in its units, type and layout; a photograph as 8-bit, its alpha put back."""
+    if it.values is not None:
+        domain, dtype, layout = it.values
+        if tuple(out.shape[-2:]) != (it.size[1], it.size[0]):
+            out = torch.nn.functional.interpolate(out[None].float(), size=(it.size[1], it.size[0]), mode="bicubic",
+                                                  align_corners=False)[0]
+        science.write_array(science.to_values(out, domain, dtype), output / it.target, layout)
+        return
+    image = tensor_to_image(out)
+    if image.size != it.size:
+        image = image.resize(it.size, Image.BICUBIC)
+    write_image(image, output / it.target, it.alpha)
+
+
 def run(args: argparse.Namespace) -> int:
     check_flags(args)
     output, targets = plan_outputs(args)
@@ -275,24 +327,33 @@ def run(args: argparse.Namespace) -> int:
             bar.update(len(items))
             return
         for it, out in zip(items, result):
-            image = tensor_to_image(out)
-            if image.size != it.size:  # --resize: back to the input's size
-                image = image.resize(it.size, Image.BICUBIC)
-            write_image(image, output / it.target, it.alpha)
-            done.append((it.source, it.target))
+            try:
+                write_output(it, out, output)
+            except CycleGANError as exc:
+                failed.append((it.source, str(exc)))
+            else:
+                done.append((it.source, it.target))
             bar.update(1)
 
+    domains = science.Domains.of(gen, args.direction, args.output_dtype)
+    domains.check_formats(list(targets), gen)
     for target, source in targets.items():
         try:
-            tensor, alpha, size = read_image(source, gen.in_channels)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            if science.is_volume(source):
+                translate_volume(gen, domains, source, output / target, args, device)
+                done.append((source, target))
+                bar.update(1)
+                continue
+            tensor, alpha, size, values = domains.read_any(source, gen)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, CycleGANError,
+                RuntimeError) as exc:
             failed.append((source, str(exc) or type(exc).__name__))
             bar.update(1)
             continue
         if args.resize:
             tensor = _resized(tensor, size, work_size)
         key = tuple(tensor.shape[-2:])
-        groups[key].append(Item(source, target, size, tensor, alpha))
+        groups[key].append(Item(source, target, size, tensor, alpha, values))
         if len(groups[key]) >= args.batch_size:
             flush(groups.pop(key))
     for items in groups.values():
