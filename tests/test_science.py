@@ -242,10 +242,16 @@ def test_npy_arrays_train_with_percentiles_and_come_back_in_their_layout(tmp_pat
 def test_nifti_volumes_train_on_their_slices_and_translate_back_to_a_volume(tmp_path):
     data = science.write_examples(tmp_path / "data", size=32, n_train=4, n_test=4)
     run = tmp_path / "run"
+    given_path = data / "mr2ct" / "test" / "A" / "000.nii.gz"
+    volume = nibabel.load(str(given_path))
+    volume.set_qform(np.diag([0.8, 0.8, 2.5, 1.0]) + np.eye(4, k=3) * -11, code=1)  # qform and sform differ
+    nibabel.save(nibabel.Nifti1Image(np.asarray(volume.dataobj), volume.get_sform(), volume.header), str(given_path))
     done = run_here("train", "--dataroot", str(data / "mr2ct"), "--channels", "1", "--value_range", "p0.5", "p99.5",
-                    "--value_range_B", "-1024", "3071", "--output", str(run), *TINY)
+                    "--value_range_B", "-1024", "3071", "--output", str(run), *TINY, "--eval_every_steps", "2",
+                    "--eval_paired")
     assert done.returncode == 0, done.stderr
     assert "(4 images in A, 4 in B)" in done.stderr  # one volume of 6 slices, the 2 empty ones skipped
+    assert re.search(r"scores at epoch 0, step 2: psnr \d", done.stderr)  # scoring reads slices too
     saved = json.loads((run / "config.json").read_text())
     assert saved["data_B"]["lo"] == [-1024.0] and saved["data_B"]["dtype"] == "int16"
     assert saved["data_A"]["slice_axis"] == 2
@@ -256,9 +262,35 @@ def test_nifti_volumes_train_on_their_slices_and_translate_back_to_a_volume(tmp_
     made = nibabel.load(str(out / "000.nii.gz"))
     assert made.shape == given.shape
     assert np.array_equal(made.affine, given.affine)
+    for form in ("get_qform", "get_sform"):
+        assert np.allclose(getattr(made, form)(coded=True)[0], getattr(given, form)(coded=True)[0])
+        assert getattr(made, form)(coded=True)[1] == getattr(given, form)(coded=True)[1]
     assert made.get_data_dtype() == np.int16  # B's type and units
     voxels = np.asarray(made.dataobj)
     assert -1024 <= voxels.min() and voxels.max() <= 3071
+
+    # an exported generator carries the ranges: onnxruntime gives the same volume (the empty slices,
+    # one value throughout, are left out: instance norm of a constant is not defined the same way)
+    onnx = tmp_path / "g.onnx"
+    assert run_here("export", "--checkpoint", str(run), "--format", "onnx", "--output", str(onnx)).returncode == 0
+    assert run_here("translate", "--backend", "onnxruntime", "--checkpoint", str(onnx), "--input",
+                    str(data / "mr2ct" / "test" / "A"), "--output", str(tmp_path / "onnx_out")).returncode == 0
+    by_onnx = np.asarray(nibabel.load(str(tmp_path / "onnx_out" / "000.nii.gz")).dataobj).astype(np.int64)
+    assert np.abs(by_onnx[:, :, 1:-1] - voxels[:, :, 1:-1]).max() <= 2
+
+    # evaluate reads volumes slice by slice; --fake with B's range scores as --checkpoint does
+    scores = []
+    for source in (["--checkpoint", str(run), "--input", str(data / "mr2ct" / "test" / "A")],
+                   ["--fake", str(out), "--value_range", "-1024", "3071"]):
+        path = tmp_path / f"scores{len(scores)}.json"
+        inception = write_inception_stand_in(tmp_path / "inception.pt")
+        done = run_here("evaluate", *source, "--real", str(data / "mr2ct" / "test" / "B"), "--paired",
+                        str(data / "mr2ct" / "test" / "B"), "--inception", str(inception), "--kid_subset_size", "2",
+                        "--json", str(path))
+        assert done.returncode == 0, done.stderr
+        scores.append(json.loads(path.read_text()))
+    assert scores[0]["n_paired"] == scores[1]["n_paired"] == 6
+    assert scores[1]["l1"] == pytest.approx(scores[0]["l1"], abs=2e-3)
 
 
 def test_a_missing_reader_names_the_extra(tmp_path, monkeypatch):
@@ -336,6 +368,86 @@ def test_bad_science_flags_exit_2(tmp_path):
                            (("--display_bands", "0,1"), "--display_bands 0,1")):
         done = run_here("train", *flags, "--output", str(tmp_path / "run"), *TINY)
         assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_tiffs_are_read_by_what_they_hold(tmp_path):
+    """16-bit colour at 16 bits, 8-bit four bands as four channels, RGBA as a photograph; a
+    16-bit colour PNG (which Pillow reads through 8 bits) is refused, saying what to do."""
+    rgb16 = np.random.default_rng(10).integers(0, 65535, (16, 16, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    array, _ = science.read_array(tmp_path / "rgb16.tif")
+    assert array.dtype == np.uint16 and np.array_equal(array, rgb16)
+    tifffile.imwrite(tmp_path / "bands.tif", np.zeros((16, 16, 4), np.uint8), photometric="minisblack",
+                     planarconfig="contig")
+    tifffile.imwrite(tmp_path / "rgba.tif", np.zeros((16, 16, 4), np.uint8), photometric="rgb",
+                     extrasamples=["unassalpha"])
+    assert science.needs_array_path(tmp_path / "bands.tif") and not science.needs_array_path(tmp_path / "rgba.tif")
+    assert science.read_array(tmp_path / "bands.tif")[0].shape == (16, 16, 4)
+    with open(tmp_path / "rgb16.png", "wb") as f:  # a 48-bit PNG, written by hand (Pillow cannot)
+        import struct
+        import zlib
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(16))
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 16, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    assert science.needs_array_path(tmp_path / "rgb16.png")
+    with pytest.raises(science.CycleGANError, match="16-bit colour PNG.*save it as a TIFF"):
+        science.read_array(tmp_path / "rgb16.png")
+
+
+def test_byte_order_and_2d_arrays(tmp_path):
+    """Big-endian files are the same type as little-endian ones; a 2-D .npy comes back 2-D."""
+    values = np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000
+    np.save(tmp_path / "be.npy", values.astype(">u2"))
+    array, layout = science.read_array(tmp_path / "be.npy")
+    assert array.dtype == np.dtype("uint16") and str(array.dtype) == "uint16" and np.array_equal(array[:, :, 0], values)
+    science.write_array(array, tmp_path / "back.npy", layout)
+    assert np.array_equal(np.load(tmp_path / "back.npy"), values)
+
+
+def test_a_run_with_one_photograph_side_writes_photographs_there(tmp_path):
+    root = tmp_path / "data"
+    rng = np.random.default_rng(11)
+    for split, count in (("train", 3), ("test", 1)):
+        for side in "AB":
+            (root / split / side).mkdir(parents=True)
+        for k in range(count):
+            Image.fromarray(rng.integers(0, 65535, (32, 32), dtype=np.uint16)).save(root / split / "A" / f"{k}.png")
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / "B" / f"{k}.jpg")
+    run = tmp_path / "run"
+    done = run_here("train", "--dataroot", str(root), "--input_nc", "1", "--output_nc", "3", "--lambda_id", "0",
+                    "--output", str(run), *TINY)
+    assert done.returncode == 0, done.stderr
+    assert run_here("translate", "--checkpoint", str(run), "--input", str(root / "test" / "A"), "--output",
+                    str(tmp_path / "ab")).returncode == 0
+    assert Image.open(tmp_path / "ab" / "0.png").mode == "RGB"  # B holds 8-bit photographs
+    refused = run_here("translate", "--checkpoint", str(run), "--direction", "BtoA", "--input",
+                       str(root / "test" / "B"), "--output", str(tmp_path / "ba"))
+    assert refused.returncode == 2 and "which .jpg cannot hold; pass --ext tif" in refused.stderr
+    assert run_here("translate", "--checkpoint", str(run), "--direction", "BtoA", "--input", str(root / "test" / "B"),
+                    "--output", str(tmp_path / "ba"), "--ext", "tif").returncode == 0
+    assert tifffile.imread(tmp_path / "ba" / "0.tif").dtype == np.uint16  # A's type
+
+
+def test_translate_refuses_nan_and_bool_inputs_by_name(tmp_path, monkeypatch):
+    bad = np.ones((16, 16), np.float32)
+    bad[2, 3] = np.inf
+    np.save(tmp_path / "inf.npy", bad)
+    np.save(tmp_path / "mask.npy", np.ones((16, 16), bool))
+    assert translate_with(monkeypatch, identity_generator(1), "--input", str(tmp_path / "inf.npy"),
+                          str(tmp_path / "mask.npy"), "--output", str(tmp_path / "out")) == 1
+    assert not (tmp_path / "out" / "inf.npy").exists() and not (tmp_path / "out" / "mask.npy").exists()
+
+
+def test_display_bands_are_checked_against_the_sides_they_are_for():
+    from cyclegan.options import TrainConfig, validate
+
+    validate(TrainConfig(input_nc=4, output_nc=3, display_bands="3,2,1", lambda_id=0))
+    with pytest.raises(science.CycleGANError, match="--display_bands 0,1,4"):
+        validate(TrainConfig(input_nc=4, output_nc=3, display_bands="0,1,4", lambda_id=0))
 
 
 # ---------------------------------------------------------------------------------------------

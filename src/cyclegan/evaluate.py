@@ -80,6 +80,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                                        "$CYCLEGAN_INCEPTION, ~/.cache/cyclegan, $TORCH_HOME/hub/checkpoints)")
     p.add_argument("--kid_subset_size", type=int, default=100, help="images per KID subset (default: 100)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
+    p.add_argument("--value_range", nargs="+", metavar="V", help=(
+        "scientific images: the values that map onto -1..1 when reading translations and truths: dtype, MIN MAX, or "
+        "percentiles of the --real files such as p0.5 p99.5 (default: with --checkpoint the run's target range, "
+        "else each file's type's range)"))
     p.add_argument("--display_bands", metavar="R,G,B", help=(
         "images of other than 1 or 3 channels: the three channels (from 0) FID and KID see as RGB; without it they "
         "get PSNR, SSIM and L1 (--paired) and the cycle error only"))
@@ -93,29 +97,58 @@ def read_for_scoring(path: Path, channels: int, domain: science.Domain | None = 
     scientific file (``science``) by ``domain``'s range, else by its type's."""
     if domain is None and channels in (1, 3) and not science.needs_array_path(path):
         return read_image(path, channels)[0][0]
-    array, _ = science.read_array(path)
+    return _encode(science.read_array(path)[0], channels, domain)
+
+
+def _encode(array: np.ndarray, channels: int, domain: science.Domain | None) -> torch.Tensor:
     if array.shape[2] != channels and not (array.shape[2] == 1 and channels == 3):
         raise ValueError(f"it holds {array.shape[2]} channel(s), not {channels}")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("it holds NaN or infinite values")
     unit = science.to_unit(array, domain or science.Domain.for_file(array))
     tensor = torch.from_numpy(unit.transpose(2, 0, 1).copy()).mul_(2).sub_(1)
     return tensor.expand(channels, -1, -1).contiguous() if tensor.shape[0] != channels else tensor  # grey as RGB
 
 
 def _read_folder(folder: str, channels: int, flag: str,
-                 domain: science.Domain | None = None) -> tuple[list[Path], list[torch.Tensor]]:
+                 domain: science.Domain | None = None) -> tuple[list[str], list[torch.Tensor]]:
+    """Every image of a folder as ``(C, H, W)`` in [-1, 1], with the names pairs are matched by
+    (the file name without its extension; a NIfTI volume gives every slice, ``NAME[k]``)."""
     path = Path(folder)
     if not path.is_dir():
         raise CycleGANError(f"{flag} {path}: no such folder")
     files = list_images(path)
     if not files:
         raise CycleGANError(f"{flag} {path}: the folder holds no images")
-    tensors = []
+    names, tensors = [], []
+    axis = domain.slice_axis if domain is not None and domain.slice_axis is not None else 2
     for f in files:
         try:
+            if science.is_volume(f):
+                for k, plane in enumerate(science.volume_slices(f, axis)):
+                    names.append(science.stem_of(science.Slice(f, k, axis)))
+                    tensors.append(_encode(plane, channels, domain))
+                continue
             tensors.append(read_for_scoring(f, channels, domain))
+            names.append(f.stem)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, CycleGANError) as exc:
             raise CycleGANError(f"{flag}: cannot read {f} ({type(exc).__name__}: {exc}); remove or fix it") from None
-    return files, tensors
+    return names, tensors
+
+
+def _scale_of(args: argparse.Namespace, channels: int, run_target: science.Domain | None) -> science.Domain | None:
+    """The range translations and truths are read by: ``--value_range`` (percentiles: of the
+    ``--real`` files), else the run's target domain, else each file's type's (None)."""
+    if args.value_range is None:
+        return run_target
+    text = " ".join(args.value_range)
+    kind, a, b = science.parse_value_range(text)
+    if kind == "dtype":
+        return None
+    if kind == "given":
+        return science.Domain("any", channels, (a,) * channels, (b,) * channels, text)
+    files = [f for f in list_images(Path(args.real)) if not science.is_volume(f)]
+    return science.scan_domain(files, channels, text, "--value_range", "--real")[0]
 
 
 def _channels_of(folder: str) -> int:
@@ -163,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         channels = gen.out_channels
     else:
         channels = _channels_of(args.fake)
+    target = _scale_of(args, channels, target)
     with_fid = channels in (1, 3) or bands is not None
     if bands is not None and max(bands) >= channels:
         raise CycleGANError(f"--display_bands {args.display_bands}: the images have {channels} channels, counted from 0")
@@ -192,7 +226,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cycle_l1"] = float(np.mean(cycle))
         results["checkpoint"] = gen.source
     else:
-        names, fakes = _read_folder(args.fake, channels if channels not in (1, 3) else 3, "--fake")
+        names, fakes = _read_folder(args.fake, channels if channels not in (1, 3) else 3, "--fake", target)
     if features is not None:
         _, real = _read_folder(args.real, channels if channels not in (1, 3) else 3, "--real", target)
         results.update(compute_metrics(_fid_view(fakes, bands), _fid_view(real, bands), features,
@@ -201,12 +235,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         truth_dir = Path(args.paired)
         if not truth_dir.is_dir():
             raise CycleGANError(f"--paired {truth_dir}: no such folder")
-        by_stem = {p.stem: p for p in list_images(truth_dir)}
-        pairs = [(f, by_stem[n.stem]) for f, n in zip(fakes, names) if n.stem in by_stem]
+        truth_names, truths = _read_folder(args.paired, fakes[0].shape[0], "--paired", target)
+        by_name = dict(zip(truth_names, truths))
+        pairs = [(f, by_name[n]) for f, n in zip(fakes, names) if n in by_name]
         if not pairs:
-            raise CycleGANError(f"--paired {truth_dir}: no file is named as an input ({names[0].stem}.*, ...)")
-        truth = [read_for_scoring(t, f.shape[0], target) for f, t in pairs]
-        results.update(paired_metrics([f for f, _ in pairs], truth))
+            raise CycleGANError(f"--paired {truth_dir}: no file is named as an input ({names[0]}.*, ...)")
+        results.update(paired_metrics([f for f, _ in pairs], [t for _, t in pairs]))
     return results
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -189,6 +190,11 @@ def run(args: argparse.Namespace) -> int:
     gen = load_generator(args.checkpoint, args.direction, "cpu", args.epoch)
     metadata = {"in_channels": str(gen.in_channels), "out_channels": str(gen.out_channels),
                 "multiple": str(gen.multiple), "direction": args.direction, "source": gen.source, "arch": gen.arch}
+    saved = gen.config or {}
+    a, b = saved.get("data_A"), saved.get("data_B")  # scientific values: how the generator's own in and out scale
+    if a or b:
+        metadata["domains"] = json.dumps({"data_A": a, "data_B": b} if args.direction == "AtoB" else
+                                         {"data_A": b, "data_B": a})
     fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~current_umask())  # the mode a plain open would give, not mkstemp's 0600
     os.close(fd)

@@ -27,6 +27,7 @@ runs a file made by ``cyclegan export --format onnx`` with onnxruntime, as a ``G
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -98,6 +99,12 @@ class OnnxGenerator:
         self.multiple = int(meta.get("multiple", 4))
         self.train_size = None
         self.source = str(path)
+        # A scientific run's value ranges (cyclegan export writes them), read as a run's config is:
+        # data_A is this generator's input, data_B its output, whichever direction was exported.
+        try:
+            self.config: dict[str, Any] = json.loads(meta["domains"]) if "domains" in meta else {}
+        except ValueError:
+            raise CycleGANError(f"--checkpoint {path}: its 'domains' metadata is not JSON; export it again") from None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         (out,) = self.session.run(None, {self.input_name: x.detach().cpu().float().numpy()})

@@ -223,7 +223,8 @@ def _scan_scientific(config: TrainConfig, side: str, sets: Sequence[Any],
     if others:
         problems += science.scan_domain(others, channels, value_range, flag, f"domain {side}", domain, min_size,
                                         warn)[1]
-    log.info("domain %s: %s", side, domain.describe())
+    if len(problems) < len(train_items) + len(others):  # something was read: say how
+        log.info("domain %s: %s", side, domain.describe())
     return domain, problems
 
 

@@ -717,9 +717,10 @@ def _check_images_and_networks(config: TrainConfig) -> None:
     if config.value_range_B is not None:
         parse_value_range(config.value_range_B, "--value_range_B")
     bands = parse_bands(config.display_bands)
-    if bands is not None and max(bands) >= min(config.channels_A, config.channels_B):
-        raise CycleGANError(f"--display_bands {config.display_bands}: the images have {config.channels_A} (A) and "
-                            f"{config.channels_B} (B) channels, counted from 0")
+    banded = [c for c in (config.channels_A, config.channels_B) if c not in (1, 3)]  # the sides it is for
+    if bands is not None and max(bands) >= min(banded or [3]):
+        raise CycleGANError(f"--display_bands {config.display_bands}: the images of other than 1 or 3 channels have "
+                            f"{min(banded or [3])}, counted from 0")
     if config.channels_A != config.channels_B and config.lambda_id > 0:
         raise CycleGANError(
             f"the identity loss needs both domains to have the same channels (--input_nc {config.channels_A}, "

@@ -29,8 +29,10 @@ is a one-line error naming the ``pip install``.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,8 @@ __all__ = [
     "ARRAY_EXTENSIONS",
     "VOLUME_EXTENSIONS",
     "Slice",
+    "file_of",
+    "stem_of",
     "Planes",
     "Domain",
     "Domains",
@@ -71,6 +75,7 @@ __all__ = [
 VOLUME_EXTENSIONS = (".nii", ".nii.gz")
 ARRAY_EXTENSIONS = (".npy",) + VOLUME_EXTENSIONS  # read here only (PNG and TIFF may be either)
 OUTPUT_DTYPES = ("uint8", "uint16", "int16", "float32")
+PHOTO_FORMATS = (".jpg", ".jpeg", ".webp", ".bmp")  # 8-bit grey or RGB only
 EIGHT_BIT_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "PA", "CMYK", "YCbCr", "RGBa", "La", "RGBX", "LAB", "HSV")
 MAX_CHANNELS_AXIS = 64  # a .npy axis this short or shorter may be the channel axis
 
@@ -109,6 +114,24 @@ class Slice:
         return f"{self.path.name}[{self.index}]"
 
 
+SLICE_NAME = re.compile(r"\[axis \d+, slice \d+\]$")
+
+
+def file_of(name: str | Path | Slice) -> Path:
+    """The file an item name (``str(Path)`` or ``str(Slice)``) comes from."""
+    if isinstance(name, Slice):
+        return name.path
+    return Path(SLICE_NAME.sub("", str(name)))
+
+
+def stem_of(item: Path | Slice) -> str:
+    """An item's name without its extension (a slice: its volume's, with the slice number), by
+    which pairs are matched."""
+    if isinstance(item, Slice):
+        return f"{item.path.name[:-len(_suffix(item.path))]}[{item.index}]"
+    return Path(item).stem
+
+
 def needs_array_path(path: Path) -> bool:
     """Whether ``path`` must be read here rather than as an 8-bit photograph: a .npy or NIfTI
     file, or a PNG/TIFF that Pillow reads as more than 8 bits a channel or cannot read at all
@@ -116,20 +139,61 @@ def needs_array_path(path: Path) -> bool:
     suffix = _suffix(path)
     if suffix in ARRAY_EXTENSIONS:
         return True
-    if suffix not in (".png", ".tif", ".tiff"):  # JPEG, WebP, BMP: 8 bits a channel
+    if suffix in (".tif", ".tiff"):
+        return _tiff_needs_array_path(path)
+    if suffix != ".png":  # JPEG, WebP, BMP: 8 bits a channel
         return False
+    if _png_depth(path) == 16:  # Pillow reads 16-bit colour PNG as 8-bit RGB: never through it
+        return True
     try:
         with Image.open(path) as img:
             return img.mode not in EIGHT_BIT_MODES
-    except Exception:  # noqa: BLE001 - Pillow cannot read it: a TIFF tifffile may read
-        return _suffix(path) in (".tif", ".tiff")
+    except Exception:  # noqa: BLE001 - not a PNG Pillow reads: the scan says so
+        return False
+
+
+def _png_depth(path: Path) -> int | None:
+    """A PNG's bit depth from its header (IHDR), or None when it is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return None
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _tiff_needs_array_path(path: Path) -> bool:
+    """A TIFF is an 8-bit photograph when it holds one image of uint8 grey, RGB or RGBA; anything
+    else (16 bits, floats, other sample or page counts) is read by tifffile."""
+    try:
+        tifffile = __import__("tifffile")
+    except ImportError:  # without it only Pillow's TIFFs can be read: the photograph path
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype, axes = series.shape, series.dtype, series.axes
+            several = len(tif.series) > 1 and any(s.shape[-2:] != shape[-2:] for s in tif.series[1:])
+            extra = tif.pages[0].tags.get("ExtraSamples")  # 1, 2: associated or unassociated alpha
+            values = extra.value if extra is not None else ()
+            alpha = any(v in (1, 2) for v in (values if isinstance(values, tuple) else (values,)))
+    except Exception:  # noqa: BLE001 - not a TIFF tifffile reads: the scan says so
+        return False
+    if several or dtype != np.uint8:
+        return True
+    samples = shape[-1] if axes.endswith("S") else 1
+    if len(shape) - (1 if axes.endswith("S") else 0) != 2 or samples not in (1, 3, 4):
+        return True
+    return samples == 4 and not alpha  # four samples without an alpha among them: four bands
 
 
 def _channels_last(array: np.ndarray, source: str) -> np.ndarray:
     if array.ndim == 2:
         return array[:, :, None]
     if array.ndim != 3:
-        raise CycleGANError(f"{source}: an array of shape {array.shape}; give H x W, H x W x C or C x H x W")
+        raise CycleGANError(f"{source} has the shape {array.shape}; give H x W, H x W x C or C x H x W")
     if array.shape[0] < array.shape[2] and array.shape[0] <= MAX_CHANNELS_AXIS:
         return np.moveaxis(array, 0, 2)
     return array
@@ -141,6 +205,10 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
         series = tif.series[0]
         axes = series.axes
         array = series.asarray()
+        sizes = {s.shape[-2:] if not s.axes.endswith("S") else s.shape[-3:-1] for s in tif.series}
+    if len(sizes) > 1:
+        raise CycleGANError(f"{path}: a TIFF of {len(tif.series)} images of different sizes; give one image (its "
+                            "channels as samples or as pages of one size)")
     if array.ndim == 2:
         return array[:, :, None], "HWC"
     if array.ndim == 3 and axes.endswith("S"):
@@ -154,27 +222,38 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
 def read_array(path: Path | Slice) -> tuple[np.ndarray, str]:
     """The pixels of ``path`` as ``(H, W, C)`` in the file's own dtype, and the file's layout
     (``HWC`` or ``CHW``, so a translation is written back the same way)."""
+    array, layout = _read_array(path)
+    return array.astype(array.dtype.newbyteorder("="), copy=False), layout  # big-endian files alike
+
+
+def _read_array(path: Path | Slice) -> tuple[np.ndarray, str]:
     if isinstance(path, Slice):
         return volume_slices(path.path, path.axis, [path.index])[0], "HWC"
     suffix = _suffix(path)
     if suffix == ".npy":
         array = np.load(path, allow_pickle=False)
-        out = _channels_last(array, str(path))
-        return out, "CHW" if array.ndim == 3 and out.shape[2] == array.shape[0] != array.shape[2] else "HWC"
+        out = _channels_last(array, "the array")
+        layout = "HW" if array.ndim == 2 else "CHW" if out.shape[2] == array.shape[0] != array.shape[2] else "HWC"
+        return out, layout
     if suffix in VOLUME_EXTENSIONS:
-        raise CycleGANError(f"{path}: a volume; it is read slice by slice")
-    if suffix in (".tif", ".tiff") and needs_array_path(path):
-        return _read_tiff(path)
+        raise CycleGANError(f"{path}: a NIfTI volume, read slice by slice (training) or whole (translate)")
+    if suffix in (".tif", ".tiff") and importlib.util.find_spec("tifffile") is not None:
+        return _read_tiff(path)  # every TIFF of a scientific domain, whatever Pillow would make of it
+    if suffix == ".png" and _png_depth(path) == 16:
+        with Image.open(path) as img:
+            if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
+                raise CycleGANError(f"{path}: a 16-bit colour PNG, which Pillow reads only through 8 bits; save it "
+                                    "as a TIFF (e.g. tifffile.imwrite) to keep its precision")
     from cyclegan.images import open_image
 
     img = open_image(path)
     if img.mode in EIGHT_BIT_MODES:
         img = img.convert("L" if img.mode in ("1", "L", "LA", "La") else "RGB")
     array = np.asarray(img)
-    return (array[:, :, None] if array.ndim == 2 else array).astype(array.dtype.newbyteorder("=")), "HWC"
+    return (array[:, :, None] if array.ndim == 2 else array), "HWC"
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=8)
 def _volume(path: Path) -> tuple[np.ndarray, Any]:
     nibabel = _require("nibabel", f"reading {path}")
     img = nibabel.load(str(path))
@@ -183,7 +262,8 @@ def _volume(path: Path) -> tuple[np.ndarray, Any]:
 
 def read_volume(path: Path) -> tuple[np.ndarray, Any]:
     """A NIfTI volume's voxels (in the file's type, scaling applied) and its nibabel image
-    (affine, header). The last two volumes read are kept, as training reads slice after slice."""
+    (affine, header). The last eight volumes read are kept, as training reads slice after slice (a
+    ``.nii.gz`` is decompressed whole for each volume not kept: uncompressed ``.nii`` trains faster)."""
     data, img = _volume(Path(path))
     if data.ndim not in (3, 4):
         raise CycleGANError(f"{path}: a NIfTI image of shape {data.shape}; give a 3-D volume (or 4-D, the last axis "
@@ -320,10 +400,10 @@ def _inspect(item: Path | Slice, per_file: int) -> FileInfo | str:
     try:
         array, _ = read_array(item)
     except CycleGANError as exc:
-        return str(exc)
+        return str(exc).removeprefix(f"{item}: ")  # the listing names the file
     except Exception as exc:  # noqa: BLE001 - any reader failure makes the file unusable
         return f"cannot be read ({type(exc).__name__}: {exc})"
-    if array.dtype.kind == "c" or array.dtype.kind not in "uifb":
+    if array.dtype.kind not in "uif":
         return f"holds {array.dtype} values; give integer or float pixels"
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
@@ -362,6 +442,11 @@ def scan_domain(items: Sequence[Path | Slice], channels: int, value_range: str, 
             problems.append((item, f"{info.size[0]}x{info.size[1]} pixels, smaller than the crop "
                                    f"{min_size[0]}x{min_size[1]}"))
             continue
+        if saved is not None and (info.dtype, info.channels) != (saved.dtype, saved.channels):
+            raise CycleGANError(
+                f"{item}: holds {info.dtype} pixels in {info.channels} channel(s), but the {label} files the run "
+                f"trains on hold {saved.dtype} in {saved.channels}; one domain must hold one type and channel count: "
+                "convert or move the odd files")
         if infos and (info.dtype, info.channels) != (infos[0][1].dtype, infos[0][1].channels):
             first = infos[0][1]
             raise CycleGANError(
@@ -475,8 +560,14 @@ def write_array(array: np.ndarray, path: Path, layout: str = "HWC") -> None:
     suffix = _suffix(path)
     buffer = io.BytesIO()
     if suffix == ".npy":
-        np.save(buffer, np.moveaxis(array, 2, 0) if layout == "CHW" else array, allow_pickle=False)
+        laid = np.moveaxis(array, 2, 0) if layout == "CHW" else array[:, :, 0] if layout == "HW" else array
+        np.save(buffer, laid, allow_pickle=False)
         data = buffer.getvalue()
+    elif suffix in PHOTO_FORMATS and array.dtype == np.uint8 and array.shape[2] in (1, 3):
+        from cyclegan.images import write_image
+
+        write_image(Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array), path)
+        return
     elif suffix in (".tif", ".tiff"):
         data = _tiff_bytes(array)
     elif suffix == ".png":
@@ -492,7 +583,7 @@ def write_array(array: np.ndarray, path: Path, layout: str = "HWC") -> None:
         data = buffer.getvalue()
     else:
         raise CycleGANError(f"{path}: {suffix} cannot hold {array.dtype} pixels in {array.shape[2]} channel(s); use "
-                            ".tif, .npy or .png")
+                            ".tif or .npy (--ext tif, --ext npy)")
     with atomic_write(path, "wb") as f:
         f.write(data)
 
@@ -505,9 +596,12 @@ def write_volume(slices: Sequence[np.ndarray], axis: int, like: Any, path: Path)
     header = like.header.copy()
     header.set_data_dtype(volume.dtype)
     out = type(like)(volume, like.affine, header)
-    out.set_qform(like.affine, int(like.header["qform_code"]))
-    out.set_sform(like.affine, int(like.header["sform_code"]))
-    out.header.set_slope_inter(1.0, 0.0)
+    qform, qcode = like.get_qform(coded=True)
+    sform, scode = like.get_sform(coded=True)
+    out.set_qform(qform, int(qcode or 0))  # both transforms as they were (they may differ)
+    out.set_sform(sform, int(scode or 0))
+    out.header.set_slope_inter(1.0, 0.0)  # the values written are the values
+    out.header["cal_min"], out.header["cal_max"] = 0.0, 0.0  # the input's display window is not B's
     payload = out.to_bytes()
     if _suffix(path) == ".nii.gz":
         import gzip
@@ -518,13 +612,11 @@ def write_volume(slices: Sequence[np.ndarray], axis: int, like: Any, path: Path)
 
 
 def composite(tensor: torch.Tensor, bands: Sequence[int] | None) -> torch.Tensor:
-    """What to show of ``(N, C, H, W)`` images: the three ``bands`` as RGB, else the image itself
-    when it has 1 or 3 channels, else its first channel as grey."""
-    if bands:
-        return tensor[:, list(bands)]
+    """What to show of ``(N, C, H, W)`` images: the images themselves when they have 1 or 3
+    channels, else the three ``bands`` as RGB, else the first channel as grey."""
     if tensor.shape[1] in (1, 3):
         return tensor
-    return tensor[:, :1]
+    return tensor[:, list(bands)] if bands else tensor[:, :1]
 
 
 def parse_bands(text: str | None, flag: str = "--display_bands") -> tuple[int, ...] | None:
@@ -546,9 +638,9 @@ def parse_bands(text: str | None, flag: str = "--display_bands") -> tuple[int, .
 
 @dataclass
 class Domains:
-    """How a scientific run's values go into a generator and come out (translate, serve): the
-    domains of its input and output (None for 8-bit runs and bare weights files), and
-    ``--output_dtype``."""
+    """How a run's values go into a generator and come out (translate, serve): the domains of
+    its input and output (``Domain``; None for a side of 8-bit photographs, and for both with a
+    bare weights file or an 8-bit run), and ``--output_dtype``."""
 
     source: Domain | None
     target: Domain | None
@@ -556,40 +648,48 @@ class Domains:
 
     @classmethod
     def of(cls, gen: Any, direction: str, dtype: str | None) -> "Domains":
-        """From a loaded generator (``inference.Generator``: its run's saved config, if any)."""
+        """From a loaded generator (its run's saved config, or an exported file's metadata)."""
         config = getattr(gen, "config", None) or {}
         a, b = config.get("data_A"), config.get("data_B")
         if direction == "BtoA":
             a, b = b, a
         return cls(Domain.from_json(a) if a else None, Domain.from_json(b) if b else None, dtype)
 
-    def scientific(self, path: Path) -> bool:
-        return self.source is not None or self.target is not None or needs_array_path(path)
-
-    def read(self, path: Path, gen: Any) -> tuple[torch.Tensor, tuple[Domain, str, str]]:
-        """A scientific file as ``(1, C, H, W)`` in [-1, 1] and how to write its translation."""
-        array, layout = read_array(path)
-        return self.encode(array, path, gen), (self.target_for(array, gen), self.dtype_for(array), layout)
+    @property
+    def scientific_run(self) -> bool:
+        return self.source is not None or self.target is not None
 
     def read_any(self, path: Path, gen: Any) -> tuple[torch.Tensor, Image.Image | None, tuple[int, int],
                                                       tuple[Domain, str, str] | None]:
-        """Any input as ``(1, C, H, W)`` in [-1, 1], its alpha, its size ``(width, height)``, and
-        (a scientific image) how its translation is written back. A photograph model given a
-        16-bit grey PNG or TIFF reads it as photographs are read (through 8 bits, made RGB)."""
-        if self.scientific(path):
-            try:
-                tensor, values = self.read(path, gen)
-            except ValueError:
-                if self.source is not None or _suffix(path) in ARRAY_EXTENSIONS:
-                    raise
-            else:
-                return tensor, None, (tensor.shape[-1], tensor.shape[-2]), values
+        """An input as ``(1, C, H, W)`` in [-1, 1], its alpha, its size ``(width, height)``, and
+        how its translation is written: ``(domain, dtype, layout)`` in values, or None for an
+        8-bit picture. A photograph model given a 16-bit grey PNG or TIFF reads it as photographs
+        are read (through 8 bits, made RGB), as it always has."""
         from cyclegan.images import read_image
 
-        tensor, alpha, size = read_image(path, gen.in_channels)
-        return tensor, alpha, size, None
+        array = layout = None
+        if self.source is not None or needs_array_path(path):
+            array, layout = read_array(path)
+            if self.source is None and array.shape[2] == 1 and gen.in_channels == 3 and _suffix(path) in (
+                    ".png", ".tif", ".tiff"):
+                array = None
+        if array is None:
+            tensor, alpha, size = read_image(path, gen.in_channels)
+            if self.target is None:
+                return tensor, alpha, size, None
+            return tensor, None, size, (self.target, self.dtype or self.target.dtype, "HWC")
+        tensor = self.encode(array, path, gen)
+        size = (tensor.shape[-1], tensor.shape[-2])
+        if self.target is None and self.scientific_run:  # the output side holds 8-bit photographs
+            return tensor, None, size, None
+        return tensor, None, size, (self.target_for(array, gen), self.dtype_for(array), layout or "HWC")
 
     def encode(self, array: np.ndarray, path: Path | Slice, gen: Any) -> torch.Tensor:
+        """``(H, W, C)`` values as ``(1, C, H, W)`` in [-1, 1] by the input's domain (or its type's range)."""
+        if array.dtype.kind not in "uif":
+            raise ValueError(f"holds {array.dtype} values; give integer or float pixels")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"holds {int((~np.isfinite(array)).sum())} NaN or infinite values; replace them first")
         domain = self.source or Domain.for_file(array)
         if array.shape[2] != gen.in_channels:
             raise ValueError(f"holds {array.shape[2]} channel(s), the generator takes {gen.in_channels}")
@@ -606,21 +706,27 @@ class Domains:
         c = gen.out_channels
         return Domain(str(array.dtype), c, (lo,) * c, (hi,) * c)
 
-    def check_formats(self, targets: Sequence[Path], gen: Any) -> None:
-        """Refuse, before any work, PNG outputs of values PNG cannot hold (when they are known)."""
-        dtype = self.dtype or (self.target.dtype if self.target is not None else None)
-        pngs = [t for t in targets if t.suffix.lower() == ".png"]
-        if not pngs or (dtype is None and gen.out_channels in (1, 3)):
-            return
-        if gen.out_channels not in (1, 3) or dtype not in (None, "uint8", "uint16") or \
-                (gen.out_channels == 3 and dtype == "uint16"):
-            what = dtype or "the input's type"
-            raise CycleGANError(f"--output: {pngs[0]} would be a PNG of {gen.out_channels} channel(s) of {what}, which "
-                                "PNG cannot hold; pass --ext tif (or npy)")
-
     def dtype_for(self, array: np.ndarray) -> str:
-        return self.dtype or (self.target.dtype if self.target is not None else str(array.dtype))
+        """``--output_dtype`` (``input``: the input's type), else the target domain's, else the input's."""
+        if self.dtype == "input" or (self.dtype is None and self.target is None):
+            return str(array.dtype)
+        return self.dtype or self.target.dtype  # type: ignore[union-attr]
 
+    def check_formats(self, sources: dict[Path, Path], gen: Any) -> None:
+        """Refuse, before any work, outputs whose format cannot hold the values (when they are
+        known: a run's target domain, or ``--output_dtype``): PNG beyond 1 channel of 16 bits or
+        3 of 8, JPEG and WebP beyond 8 bits."""
+        dtype = self.dtype if self.dtype not in (None, "input") else self.target.dtype if self.target else None
+        for target, source in sources.items():
+            scientific_output = self.target is not None or (not self.scientific_run and needs_array_path(source))
+            if dtype is None or not scientific_output or is_volume(target):
+                continue
+            c, suffix = gen.out_channels, target.suffix.lower()
+            fits = {".png": (c == 1 and dtype in ("uint8", "uint16")) or (c == 3 and dtype == "uint8"),
+                    **{s: c in (1, 3) and dtype == "uint8" for s in PHOTO_FORMATS}}.get(suffix, True)
+            if not fits:
+                raise CycleGANError(f"--output: {target} would hold {c} channel(s) of {dtype}, which {suffix} cannot "
+                                    "hold; pass --ext tif (or npy)")
 
 
 # ---------------------------------------------------------------------------------------------

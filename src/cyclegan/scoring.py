@@ -38,7 +38,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.measures import InceptionFeatures, find_inception, image_features, metrics_from_features, paired_metrics
 from cyclegan.options import LOWER_IS_BETTER, TrainConfig
 from cyclegan.registry import get_model
-from cyclegan.science import composite, parse_bands
+from cyclegan.science import composite, file_of, parse_bands, stem_of
 from cyclegan.utils import atomic_write
 
 __all__ = ["Best", "Scorer", "improved", "best_so_far"]
@@ -110,7 +110,7 @@ def best_so_far(metric: str, state: dict[str, Any] | None, run_dir: Path) -> Bes
 
 def _check_pairs_by_name(val: Any) -> None:
     """``--eval_paired``: every held-out A file has a B file of the same name, and no more."""
-    a, b = {Path(p).stem: p for p in val.files_A}, {Path(p).stem: p for p in val.files_B}
+    a, b = {stem_of(p): p for p in val.files_A}, {stem_of(p): p for p in val.files_B}
     alone = sorted(set(a) ^ set(b))
     if alone:
         first = a.get(alone[0]) or b.get(alone[0])
@@ -192,8 +192,8 @@ class Scorer:
         Inception file made them, else computed and written there (atomically)."""
         stat = inception.stat()
         key = hashlib.sha256(json.dumps({
-            "files": [[f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns] for f in self.files_B],
-            "shape": list(self.real_B.shape), "inception": [str(inception.resolve()), stat.st_size, stat.st_mtime_ns],
+            "files": [[f, file_of(f).stat().st_size, file_of(f).stat().st_mtime_ns] for f in self.files_B],
+            "shape": list(self.real_B.shape), "bands": self.bands, "inception": [str(inception.resolve()), stat.st_size, stat.st_mtime_ns],
         }).encode()).hexdigest()[:16]
         path = Path(run_dir) / "eval" / f"real_B_features_{key}.npy"
         if path.is_file():

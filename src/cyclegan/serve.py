@@ -58,6 +58,9 @@ class Translator:
     def check(self, path: str) -> tuple[int, int]:
         """The image's size, read from its header (a scientific file's from its pixels); a
         ValueError with a message past a limit."""
+        if science.is_volume(Path(path)):
+            raise ValueError("This page translates images; a NIfTI volume is translated whole, slice by slice, by "
+                             "cyclegan translate.")
         try:
             if science.needs_array_path(Path(path)):
                 array, _ = science.read_array(Path(path))
@@ -101,7 +104,7 @@ class Translator:
         target = self.out_dir / f"{path.stem}_{direction}{suffix}"
         science.write_array(science.to_values(out, domain, dtype), target, layout)
         bands = science.parse_bands((gen.config or {}).get("display_bands"))
-        shown = science.composite(out[None], bands if out.shape[0] not in (1, 3) else None)[0]
+        shown = science.composite(out[None], bands)[0]
         return tensor_to_image(shown), str(target)
 
 

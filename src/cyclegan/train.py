@@ -511,7 +511,7 @@ def sample_images(config: TrainConfig, nets: dict[str, nn.Module], batch: dict[s
         G.train()
     n = real_A.size(0)
     bands = parse_bands(config.display_bands)  # images of other than 1 or 3 channels: a composite, or grey
-    images = [composite(x.cpu(), bands if x.size(1) not in (1, 3) else None) for x in images]
+    images = [composite(x.cpu(), bands) for x in images]
     if len({x.size(1) for x in images}) > 1:  # grey and colour domains: show grey as RGB
         images = [x.expand(-1, 3, -1, -1) if x.size(1) == 1 else x for x in images]
     rows = [make_grid(x, nrow=n) for x in images]

@@ -91,9 +91,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--ext", choices=("png", "jpg", "webp", "tif", "npy"), default=None, help=(
         "output format (default: the input's when png, jpg or webp, else png; a scientific image's own: png, "
         "tif, npy; a NIfTI volume is written as a volume)"))
-    p.add_argument("--output_dtype", choices=science.OUTPUT_DTYPES, default=None, help=(
-        "scientific images: the type of the written values (default: the type of the run's target-domain files, "
-        "else the input's; 8-bit photographs stay 8-bit)"))
+    p.add_argument("--output_dtype", choices=(*science.OUTPUT_DTYPES, "input"), default=None, help=(
+        "scientific images: the type of the written values, or 'input' for the input file's (default: the type of "
+        "the run's target-domain files, else the input's; 8-bit photographs stay 8-bit)"))
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: auto)")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch", help=(
         "torch, or onnxruntime running a file made by 'cyclegan export --format onnx' (default: torch)"))
@@ -296,6 +296,10 @@ def write_output(it: Item, out: torch.Tensor, output: Path) -> None:
     image = tensor_to_image(out)
     if image.size != it.size:
         image = image.resize(it.size, Image.BICUBIC)
+    if it.target.suffix.lower() == ".npy":  # an 8-bit side of a scientific run, named as its .npy input
+        array = np.asarray(image)
+        science.write_array(array[:, :, None] if array.ndim == 2 else array, output / it.target)
+        return
     write_image(image, output / it.target, it.alpha)
 
 
@@ -335,8 +339,9 @@ def run(args: argparse.Namespace) -> int:
                 done.append((it.source, it.target))
             bar.update(1)
 
-    domains = science.Domains.of(gen, args.direction, args.output_dtype)
-    domains.check_formats(list(targets), gen)
+    # an exported file holds one generator: its domains are its own input and output
+    domains = science.Domains.of(gen, "AtoB" if args.backend == "onnxruntime" else args.direction, args.output_dtype)
+    domains.check_formats(targets, gen)
     for target, source in targets.items():
         try:
             if science.is_volume(source):
