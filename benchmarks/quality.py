@@ -1,27 +1,38 @@
-"""Quality parity on photographs: ``cyclegan train`` against the reference design's training loop,
-on the same data, steps and seeds.
+"""Quality on photographs: ``cyclegan train`` (in float32, and in bfloat16 autocast) against the
+reference design's training loop, on the same data, steps and seeds, with intervals.
 
-    python benchmarks/quality.py               # 3 seeds each, 64x64, 9 blocks, 800 steps (under an hour
-                                               # on 2 cores); docs/benchmarks.md and docs/quality_cycle.png
+    python benchmarks/quality.py --preset tell   # 5 seeds x 3 arms (reference, ours, ours in bf16) on the last
+                                                 # task tried for one that can tell; none yet reaches a learned
+                                                 # state in the hour (docs/benchmarks.md, "bfloat16 on the CPU")
+    python benchmarks/quality.py                 # the first task: 3 seeds each, 64x64, 9 blocks, 800 steps
     python benchmarks/quality.py --seeds 0 --n_epochs 1 --decay_epoch 0 --blocks 1 --no_report  # smoke run
 
 The task (``tests/photo_task.py``): crops of photographs that scikit-image and scikit-learn ship;
-B is other crops through a fixed colour transform; the test crops come from photographs never
-trained on, and each model is scored by the PSNR of G_AB(test A) against the true B.
+B is other crops through a fixed mapping (``--mapping``: ``colour``, a softened rotation of the
+colour channels with a gamma; ``negative``, the negative with the channels reversed); the test crops
+come from photographs never trained on, and each model is scored by the PSNR of G_AB(test A)
+against the true B, next to two baselines: doing nothing (test A itself) and ignoring the input
+(the mean image of train B).
 
-- ``reference``: the reference's ``train.py`` loop written out here: its ``ImageDataset``
-  (image A by index, B by ``random.randint``) with a plain PIL/NumPy version of its torchvision
-  transform (resize the shorter side to 1.12x bicubic, random crop, random flip, [-1, 1]), a
-  ``DataLoader`` with ``shuffle=True``, ``weights_init_normal``, PyTorch's default Adam, one
-  ``LambdaLR`` per optimizer stepped per epoch, replay buffers drawing from ``random``, and the
-  literal step of ``tests/reference_step.py``. (Its sample grids are left out: they change no
-  weight.) Seeded with ``random.seed``, ``np.random.seed`` and ``torch.manual_seed``.
-- ``ours``: ``cyclegan train --dataroot TASK --seed S`` as a user runs it, with the same sizes,
-  epochs and decay; scored from the run folder through ``cyclegan.inference.load_generator``.
+- ``reference``: the reference's ``train.py`` loop written out here, on the reference's own classes
+  (``tests/reference_models.py``: its ``GeneratorResNet``, ``Discriminator``,
+  ``weights_init_normal`` applied after all four networks exist, ``ReplayBuffer``, ``LambdaLR``),
+  its ``ImageDataset`` (image A by index, B by ``random.randint``) with a plain PIL/NumPy version
+  of its torchvision transform (resize the shorter side to 1.12x bicubic, random crop, random
+  flip, [-1, 1]), a ``DataLoader`` with ``shuffle=True``, PyTorch's default Adam, one ``LambdaLR``
+  per optimizer stepped per epoch, and the literal step of ``tests/reference_step.py``. (Its
+  sample grids are left out: they change no weight.) Seeded with ``random.seed``,
+  ``np.random.seed`` and ``torch.manual_seed``.
+- ``ours``: ``cyclegan train --dataroot TASK --seed S --amp off`` as a user runs it, with the same
+  sizes, epochs and decay; scored from the run folder through ``cyclegan.inference.load_generator``.
+- ``ours_bf16``: the same with ``--amp bf16`` (bfloat16 autocast; float32 weights, losses and
+  optimizer state).
 
-Every run is its own process with one thread; ``--parallel`` of them run at once. Both arms get
+Every run is its own process with one thread; ``--parallel`` of them run at once. All arms get
 the same number of steps (``n_epochs`` x 200 images); the cycle loss of every step is kept
-(ours: ``metrics.jsonl`` with ``--log_interval 1``) for the curves.
+(ours: ``metrics.jsonl`` with ``--log_interval 1``) for the curves. Each arm is reported with its
+mean, standard deviation and 95 % interval of the mean (Student's t), and each comparison with
+the difference of the means and its 95 % interval (Welch).
 """
 
 from __future__ import annotations
@@ -50,8 +61,7 @@ from photo_task import TEST_PHOTOS, TRAIN_PHOTOS, constant_score, identity_score
 from reference_step import reference_optimizers, reference_step  # noqa: E402
 from train_step import machine, replace_section  # noqa: E402
 
-from cyclegan.models import Discriminator, GeneratorResNet, weights_init_normal  # noqa: E402
-from cyclegan.utils import LambdaLR, ReplayBuffer  # noqa: E402
+from reference_models import Discriminator, GeneratorResNet, LambdaLR, ReplayBuffer, weights_init_normal  # noqa: E402
 
 N_TRAIN = 200  # images per domain: one epoch is 200 steps at batch 1
 
@@ -110,7 +120,7 @@ def reference_run(root: Path, seed: int, size: int, blocks: int, n_epochs: int, 
     opts = reference_optimizers(nets)
     schedulers = [torch.optim.lr_scheduler.LambdaLR(o, lr_lambda=LambdaLR(n_epochs, 0, decay_epoch).step)
                   for o in opts.values()]
-    pools = {"A": ReplayBuffer(50, rng=random), "B": ReplayBuffer(50, rng=random)}
+    pools = {"A": ReplayBuffer(50), "B": ReplayBuffer(50)}
     loader = torch.utils.data.DataLoader(ReferenceImageDataset(root, size, size), batch_size=1, shuffle=True,
                                          num_workers=0)
     cycle = []
@@ -135,7 +145,7 @@ def ours_run(root: Path, seed: int, size: int, blocks: int, n_epochs: int, decay
     cmd = [sys.executable, "-m", "cyclegan", "train", "--dataroot", str(root), "--output", str(run_dir),
            "--overwrite", "--seed", str(seed), "--img_height", str(size), "--img_width", str(size),
            "--n_residual_blocks", str(blocks), "--n_epochs", str(n_epochs), "--decay_epoch", str(decay_epoch),
-           "--n_cpu", "0", "--logger", "none", "--log_interval", "1", *extra]
+           "--n_cpu", "0", "--logger", "none", "--log_interval", "1", "--amp", "off", *extra]
     done = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
@@ -155,9 +165,10 @@ def job(args: argparse.Namespace) -> None:
     if args.job == "reference":
         result = reference_run(args.task, args.seed, args.size, args.blocks, args.n_epochs, args.decay_epoch)
     else:
-        run_dir = args.work / f"ours_{args.seed}"
+        run_dir = args.work / f"{args.job}_{args.seed}"
+        extra = args.ours_flags.split() + (["--amp", "bf16"] if args.job == "ours_bf16" else [])
         result = ours_run(args.task, args.seed, args.size, args.blocks, args.n_epochs, args.decay_epoch, run_dir,
-                          args.ours_flags.split())
+                          extra)
     result.update(arm=args.job, seed=args.seed, seconds=time.perf_counter() - start)
     print(json.dumps(result))
 
@@ -238,6 +249,90 @@ def write_report(args: argparse.Namespace, results: list[dict], identity: float,
     replace_section(args.output, "quality", "\n".join(lines))
 
 
+ARM_NAMES = {"reference": "reference `train.py` loop (its own classes)", "ours": "`cyclegan train --amp off`",
+             "ours_bf16": "`cyclegan train --amp bf16`"}
+PRESETS = {
+    # The last of the tasks tried for one that can tell (docs/benchmarks.md, "A photographic task that
+    # can tell: not found yet"): a plain negative on smooth crops, 32x32, one block, 4000 steps, the
+    # reference's losses.
+    "tell": {"seeds": [0, 1, 2, 3, 4], "arms": ["reference", "ours", "ours_bf16"], "size": 32, "blocks": 1,
+             "n_epochs": 20, "decay_epoch": 10, "mapping": "negative", "scale": [0.05, 0.15], "standardise": False,
+             "section": "quality_tell", "plot": None},
+}
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean, standard deviation and the half-width of the 95 % interval of the mean (Student's t)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.mean(values)
+    sd = statistics.stdev(values) if n > 1 else 0.0
+    return mean, sd, float(stats.t.ppf(0.975, n - 1) * sd / n**0.5) if n > 1 else float("inf")
+
+
+def difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean of ``a`` minus mean of ``b`` and the half-width of its 95 % interval (Welch)."""
+    from scipy import stats
+
+    if min(len(a), len(b)) < 2:  # one seed: no spread, no interval
+        return statistics.mean(a) - statistics.mean(b), float("inf")
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else 1.0
+    return statistics.mean(a) - statistics.mean(b), float(stats.t.ppf(0.975, df) * se)
+
+
+def write_tell_report(args: argparse.Namespace, results: list[dict], identity: float, constant: float,
+                      elapsed: float, command: list[str]) -> None:
+    """The section of the task that can tell: baselines, each arm with its interval, the
+    differences that matter, and the bf16 speed on this task."""
+    steps = args.n_epochs * N_TRAIN
+    by_arm = {arm: [r for r in results if r["arm"] == arm] for arm in args.arms}
+    lines = [
+        "## A quality benchmark that can tell",
+        "",
+        f"Made by `python benchmarks/quality.py{' ' + ' '.join(command) if command else ''}` on "
+        f"{time.strftime('%Y-%m-%d')} in {elapsed / 60:.0f} min ({args.parallel} runs at a time, one thread each); "
+        f"machine: {machine(torch.device('cpu'))}.",
+        "",
+        f"The task of `tests/photo_task.py` with `mapping={args.mapping!r}`, crops of {args.scale[0]:g} to "
+        f"{args.scale[1]:g} of a photograph's shorter side{' standardised' if args.standardise else ''}, "
+        f"{args.size}x{args.size}, {args.blocks} residual block(s), batch 1, the reference's losses and rates, "
+        f"{steps} steps ({args.n_epochs} epochs of {N_TRAIN} images, linear decay from epoch {args.decay_epoch}). "
+        f"PSNR (dB) of G_AB on {16 * len(TEST_PHOTOS)} test crops of photographs never trained on. Doing nothing "
+        f"scores {identity:.2f} dB; ignoring the input (the mean image of train B) {constant:.2f} dB.",
+        "",
+        "| loop | mean (dB) | std | 95 % interval | per seed | median seconds a run |",
+        "|---|---:|---:|---|---|---:|",
+    ]
+    psnr = {arm: [r["psnr"] for r in rs] for arm, rs in by_arm.items()}
+    for arm, rs in by_arm.items():
+        mean, sd, half = interval(psnr[arm])
+        per = ", ".join(f"{v:.2f}" for v in psnr[arm])
+        seconds = statistics.median(r["seconds"] for r in rs)
+        lines.append(f"| {ARM_NAMES[arm]} | {mean:.2f} | {sd:.2f} | {mean - half:.2f} to {mean + half:.2f} | {per} | "
+                     f"{seconds:.0f} |")
+    lines.append("")
+    best_baseline = max(identity, constant)
+    if "reference" in psnr:
+        mean_r = statistics.mean(psnr["reference"])
+        lines.append(f"The reference loop ends {mean_r - best_baseline:+.2f} dB from the better baseline.")
+    for a, b in (("ours", "reference"), ("ours_bf16", "ours")):
+        if a in psnr and b in psnr:
+            diff, half = difference(psnr[a], psnr[b])
+            inside = "0 lies inside it" if abs(diff) <= half else "0 lies outside it"
+            lines.append(f"{ARM_NAMES[a]} minus {ARM_NAMES[b]}: {diff:+.2f} dB, 95 % interval {diff - half:+.2f} to "
+                         f"{diff + half:+.2f} ({inside}).")
+    if "ours" in by_arm and "ours_bf16" in by_arm:
+        ratio = statistics.median(r["seconds"] for r in by_arm["ours"]) / statistics.median(
+            r["seconds"] for r in by_arm["ours_bf16"])
+        lines.append(f"On this task a bf16 run takes {1 / ratio:.2f}x the time of a float32 run (one thread, "
+                     f"{args.size}x{args.size}: small layers, where bf16 gains least; the step benchmark has the speeds).")
+    lines.append("")
+    replace_section(args.output, args.section, "\n".join(lines))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -246,7 +341,12 @@ def main() -> None:
     p.add_argument("--n_epochs", type=int, default=4, help=f"epochs of {N_TRAIN} steps (default: 4)")
     p.add_argument("--decay_epoch", type=int, default=2)
     p.add_argument("--parallel", type=int, default=2, help="runs at once, one thread each (default: 2)")
-    p.add_argument("--arms", nargs="+", default=["reference", "ours"], choices=("reference", "ours"))
+    p.add_argument("--arms", nargs="+", default=["reference", "ours"], choices=tuple(ARM_NAMES))
+    p.add_argument("--mapping", default="colour", choices=("colour", "negative"), help="the hidden A -> B mapping")
+    p.add_argument("--scale", type=float, nargs=2, default=[0.3, 0.6], help="crop side, fraction of the photo's")
+    p.add_argument("--standardise", action="store_true", help="every crop to one mean and spread")
+    p.add_argument("--preset", choices=tuple(PRESETS), help="the settings of a documented task (flags after it win)")
+    p.add_argument("--section", default="quality", help="the docs/benchmarks.md section to write")
     p.add_argument("--ours_flags", default="", help="extra flags for cyclegan train (to swap one piece)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -254,10 +354,15 @@ def main() -> None:
     p.add_argument("--no_report", action="store_true", help="print the figures, write no docs")
     p.add_argument("--report_only", action="store_true",
                    help="write the docs from the runs of an earlier call (WORK/results.json)")
-    p.add_argument("--job", choices=("reference", "ours"), help=argparse.SUPPRESS)
+    p.add_argument("--job", choices=tuple(ARM_NAMES), help=argparse.SUPPRESS)
     p.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     p.add_argument("--task", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.preset:  # the preset's values, except those given on the command line
+        given = {a.dest for a in p._actions for flag in a.option_strings if flag in sys.argv[1:]}
+        for key, value in PRESETS[args.preset].items():
+            if key not in given:
+                setattr(args, key, value)
     if args.job:
         return job(args)
     saved = args.work / "results.json"
@@ -267,7 +372,8 @@ def main() -> None:
         vars(args).update(record["args"])
     else:
         start = time.perf_counter()
-        args.task = write_photo_task(args.work / "task", size=args.size, n_train=N_TRAIN)
+        args.task = write_photo_task(args.work / "task", size=args.size, n_train=N_TRAIN, mapping=args.mapping,
+                                     scale=tuple(args.scale), standardise=args.standardise)
         identity = identity_score(args.task)
         print(f"task in {args.task}; doing nothing scores {identity:.2f} dB", flush=True)
         pairs = [(arm, seed) for seed in args.seeds for arm in args.arms]
@@ -275,14 +381,19 @@ def main() -> None:
             results = list(pool.map(lambda a: launch(args, *a), pairs))
         elapsed, command = time.perf_counter() - start, sys.argv[1:]
         kept = {k: getattr(args, k) for k in ("seeds", "size", "blocks", "n_epochs", "decay_epoch", "ours_flags",
-                                              "parallel")}
+                                              "parallel", "arms", "mapping", "scale", "standardise", "section")}
         saved.write_text(json.dumps({"results": results, "identity": identity, "elapsed": elapsed, "args": kept,
                                      "command": sys.argv[1:]}))
     for arm in args.arms:
         mean, std, _ = summarise(results, arm)
         print(f"{arm}: {mean:.2f} +- {std:.2f} dB")
-    if not args.no_report and set(args.arms) == {"reference", "ours"}:
-        write_report(args, results, identity, constant_score(args.work / "task"), elapsed, command)
+    if args.no_report:
+        return
+    constant = constant_score(args.work / "task")
+    if args.section != "quality":
+        write_tell_report(args, results, identity, constant, elapsed, command)
+    elif set(args.arms) == {"reference", "ours"}:
+        write_report(args, results, identity, constant, elapsed, command)
         plot_cycle(results, args.plot)
 
 

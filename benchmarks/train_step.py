@@ -12,9 +12,13 @@ falls on both alike; the rate is the median over the timed steps, after warm-up 
 - ``reference``: ``tests/reference_step.py``, the reference's step transcribed literally, with
   its optimizers (PyTorch's default Adam), in float32.
 - ``ours``: ``cyclegan.train.train_step`` with the settings ``cyclegan train`` picks by default
-  on the device (on the CPU: float32, the exact arithmetic).
+  on a GPU; on the CPU in float32 (``--amp off``), the exact arithmetic.
 - ``ours <amp>``: with the GPU options (bf16 autocast; on CUDA with channels_last and
-  torch.compile too), to show what they buy; on a CPU with native bf16 it runs there too.
+  torch.compile too), to show what they buy; on a CPU with native bf16 (``perf.cpu_native_bf16``:
+  AMX or AVX-512 BF16 in its flags) bf16 autocast runs there too.
+
+``--cases 64x1 256x1`` measures only those sizes and batches; ``--section NAME`` writes the table
+to another section of docs/benchmarks.md (so that one machine's figures do not replace another's).
 
 FLOPs are counted with ``torch.utils.flop_counter`` (convolutions and matrix multiplies, forward
 and backward). The rate and ``peak_fraction`` count each step's work with the networks as built
@@ -52,7 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference_step import reference_optimizers, reference_step  # noqa: E402
 
 from cyclegan import datasets  # noqa: E402
-from cyclegan.perf import matmul_peak_gflops, prepare_networks, resolve_speed, step_flops  # noqa: E402
+from cyclegan.perf import cpu_native_bf16, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops  # noqa: E402
 from cyclegan.registry import build_networks  # noqa: E402
 from cyclegan.options import TrainConfig  # noqa: E402
 from cyclegan.step import build_optimizers, train_step  # noqa: E402
@@ -79,8 +83,8 @@ def make_variant(kind: str, base: dict, config: TrainConfig, device: torch.devic
         opts = reference_optimizers(nets)
         pools = {k: ReplayBuffer() for k in "AB"}
         return lambda: reference_step(nets, opts, pools, real_A, real_B)
-    if kind == "ours":
-        speed = resolve_speed("auto", "auto", False, device)
+    if kind == "ours":  # the defaults, but float32 on the CPU: the bf16 rows are the other precision
+        speed = resolve_speed("auto" if device.type == "cuda" else "off", "auto", False, device)
     else:  # the GPU options: bf16 autocast, and on CUDA channels_last and compile
         cuda = device.type == "cuda"
         speed = resolve_speed("bf16", "on" if cuda else "off", cuda, device)
@@ -204,12 +208,13 @@ def main() -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: by size)")
     p.add_argument("--output", default=str(ROOT / "docs" / "benchmarks.md"))
+    p.add_argument("--cases", nargs="+", metavar="SIZExBATCH", help="only these cases, e.g. 64x1 256x1")
+    p.add_argument("--section", default="train_step", help="the docs section to write (default: train_step)")
     args = p.parse_args()
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     cuda = device.type == "cuda"
-    bf16_here = cuda and torch.cuda.is_bf16_supported() or (not cuda and torch.backends.mkldnn.is_available()
-                                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bf16_here = cuda and torch.cuda.is_bf16_supported() or (not cuda and cpu_native_bf16() is not None)
     kinds = ["reference", "ours"] + ([] if args.quick or not bf16_here else ["ours_bf16"])
     peak_sizes = (4096, 8192) if cuda else (1024, 2048)
     # The peak is measured before and after the cases, and the higher taken: a moment of noise
@@ -217,6 +222,8 @@ def main() -> None:
     peak32 = matmul_peak_gflops(device, torch.float32, sizes=peak_sizes, seconds=1.0)
     peak16 = matmul_peak_gflops(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0) if "ours_bf16" in kinds else None
     cases = [(64, 1)] if args.quick else [(64, 1), (64, 4), (128, 1), (128, 4), (256, 1), (256, 4)]
+    if args.cases:
+        cases = [tuple(int(v) for v in c.split("x")) for c in args.cases]
     rows = []
     for size, batch in cases:
         steps = args.steps or (15 if cuda else max(5 if batch * size**2 <= 256**2 else 3,
@@ -243,7 +250,7 @@ def main() -> None:
         return
     workers = min(8, os.cpu_count() or 1)
     loader = loader_rate(256, workers)
-    write_report(Path(args.output), rows, peak32, peak16, loader, workers, device)
+    write_report(Path(args.output), rows, peak32, peak16, loader, workers, device, args.section)
 
 
 def machine(device: torch.device) -> str:
@@ -259,19 +266,21 @@ def machine(device: torch.device) -> str:
 
 
 def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | None, loader: float, workers: int,
-                 device: torch.device) -> None:
+                 device: torch.device, section: str = "train_step") -> None:
     names = {"reference": "reference", "ours": "ours", "ours_bf16": "ours, bf16" + (
         " + channels_last + compile" if device.type == "cuda" else "")}
     lines = [
-        "# Training-step benchmark",
+        "# Training-step benchmark" if section == "train_step" else f"## Training-step benchmark ({section})",
         "",
-        f"Made by `python benchmarks/train_step.py` on {time.strftime('%Y-%m-%d')}; machine: {machine(device)}.",
+        f"Made by `python benchmarks/train_step.py{''.join(' ' + a for a in sys.argv[1:])}` on "
+        f"{time.strftime('%Y-%m-%d')}; machine: {machine(device)}.",
         "",
         f"Measured matrix-multiply peak: {peak32:.0f} GFLOP/s in float32"
         + (f", {peak16:.0f} GFLOP/s in bfloat16." if peak16 else "."),
         "",
         "The reference is the literal transcription of the reference's step (`tests/reference_step.py`), "
-        "in float32; *ours* is `train_step` with the defaults `cyclegan train` takes on this device. Both "
+        "in float32; *ours* is `train_step` with the defaults `cyclegan train` takes on a GPU, and in float32 "
+        "(`--amp off`) on the CPU; *ours, bf16* the same in bfloat16 autocast. Both "
         "start from the same weights, 9 residual blocks, and are timed alternately in one process; img/s "
         "is the median over the timed steps. Ratio = img/s over the reference's at the same size and batch. "
         "Memory: the peak of what one step allocates beyond what was live before it ("
@@ -301,7 +310,7 @@ def write_report(path: Path, rows: list[dict], peak32: float, peak16: float | No
         f"256x256, flipped) with {workers} worker processes, against the training step's img/s above at 256x256.",
         "",
     ]
-    replace_section(path, "train_step", "\n".join(lines))
+    replace_section(path, section, "\n".join(lines))
 
 
 def replace_section(path: Path, name: str, text: str) -> None:

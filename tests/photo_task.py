@@ -60,26 +60,49 @@ def colour_transform(rgb: np.ndarray) -> np.ndarray:
     return np.round(y * 255.0).astype(np.uint8)
 
 
+def negative_transform(rgb: np.ndarray) -> np.ndarray:
+    """A simpler hidden mapping (``mapping="negative"``), tried for a task that can tell learning
+    from noise: the photographic negative, ``b = 255 - a``. Warm photographs become cold ones and
+    light ones dark, so a discriminator tells the domains apart at once, and doing nothing scores
+    far below it (docs/benchmarks.md, "bfloat16 on the CPU", says how far training got)."""
+    return (255 - rgb).astype(np.uint8)
+
+
+MAPPINGS = {"colour": colour_transform, "negative": negative_transform}
+# --standardise: every crop's mean and spread (the generator's instance norms cannot see them, so a
+# mapping that depends on them cannot be learned exactly; fixing them leaves the structure to learn).
+STANDARD_MEAN, STANDARD_STD = 128.0, 48.0
+
+
 def random_crop(photo: Image.Image, rng: np.random.Generator, out_size: int,
-                scale: tuple[float, float] = (0.3, 0.6)) -> np.ndarray:
+                scale: tuple[float, float] = (0.3, 0.6), standardise: bool = False) -> np.ndarray:
     """A square crop whose side is a random fraction in ``scale`` of the photo's shorter side, at
-    a random place, resized (Lanczos) to ``out_size``."""
+    a random place, resized (Lanczos) to ``out_size``. ``standardise``: its values then shifted and
+    scaled (all channels alike, so hues keep) to the mean 128 and standard deviation 48."""
     w, h = photo.size
     side = int(rng.uniform(*scale) * min(w, h))
     left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
     crop = photo.crop((left, top, left + side, top + side)).resize((out_size, out_size), Image.LANCZOS)
-    return np.asarray(crop, dtype=np.uint8)
+    array = np.asarray(crop, dtype=np.uint8)
+    if standardise:
+        x = array.astype(np.float64)
+        x = (x - x.mean()) / max(x.std(), 1.0) * STANDARD_STD + STANDARD_MEAN
+        array = np.clip(np.round(x), 0, 255).astype(np.uint8)
+    return array
 
 
 def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_photo: int = 16,
-                     seed: int = 0, scale: tuple[float, float] = (0.3, 0.6)) -> Path:
+                     seed: int = 0, scale: tuple[float, float] = (0.3, 0.6), mapping: str = "colour",
+                     standardise: bool = False) -> Path:
     """Write the task in the reference layout under ``root`` and return ``root``.
 
     ``train/A`` and ``train/B`` hold ``n_train`` independent crops each (B through the colour
     transform), stored at 1.25x ``size`` so that the training transform's resize and random crop
     have work to do; ``test/A/k.png`` is a ``size`` x ``size`` crop of a test photograph and
-    ``test/B/k.png`` its true translation. The same arguments write the same files.
+    ``test/B/k.png`` its true translation (``mapping``: a key of ``MAPPINGS``). The same
+    arguments write the same files.
     """
+    transform = MAPPINGS[mapping]
     root = Path(root)
     rng = np.random.default_rng(seed)
     train = [load_photo(*p) for p in TRAIN_PHOTOS]
@@ -89,16 +112,16 @@ def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_
             (root / split / domain).mkdir(parents=True, exist_ok=True)
     stored = int(round(size * 1.25))
     for k in range(n_train):
-        a = random_crop(train[int(rng.integers(len(train)))], rng, stored, scale)
-        b = colour_transform(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale))
+        a = random_crop(train[int(rng.integers(len(train)))], rng, stored, scale, standardise)
+        b = transform(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale, standardise))
         Image.fromarray(a).save(root / "train" / "A" / f"{k:04d}.png")
         Image.fromarray(b).save(root / "train" / "B" / f"{k:04d}.png")
     k = 0
     for photo in test:
         for _ in range(n_test_per_photo):
-            a = random_crop(photo, rng, size, scale)
+            a = random_crop(photo, rng, size, scale, standardise)
             Image.fromarray(a).save(root / "test" / "A" / f"{k:04d}.png")
-            Image.fromarray(colour_transform(a)).save(root / "test" / "B" / f"{k:04d}.png")
+            Image.fromarray(transform(a)).save(root / "test" / "B" / f"{k:04d}.png")
             k += 1
     return root
 

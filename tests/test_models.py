@@ -7,72 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+# The literal transcription of the reference design's models.py (PyTorch-GAN), kept as the oracle
+# (tests/reference_models.py; the quality benchmark's reference arm trains it). Its only difference
+# from ours is the padding of the 7x7 convolutions by `channels`.
+from reference_models import Discriminator as RefDiscriminator
+from reference_models import GeneratorResNet as RefGeneratorResNet
+
 from cyclegan.models import Discriminator, GeneratorResNet, ResidualBlock, weights_init_normal
 
-
-# A literal transcription of the reference design's models.py (PyTorch-GAN), kept as the oracle.
-# Its only difference from ours is the padding of the 7x7 convolutions by `channels`.
-class RefResidualBlock(nn.Module):
-    def __init__(self, in_features):
-        super().__init__()
-        self.block = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(in_features, in_features, 3), nn.InstanceNorm2d(in_features),
-            nn.ReLU(inplace=True),
-            nn.ReflectionPad2d(1), nn.Conv2d(in_features, in_features, 3), nn.InstanceNorm2d(in_features),
-        )
-
-    def forward(self, x):
-        return x + self.block(x)
-
-
-class RefGeneratorResNet(nn.Module):
-    def __init__(self, input_shape, num_residual_blocks):
-        super().__init__()
-        channels = input_shape[0]
-        out_features = 64
-        model = [nn.ReflectionPad2d(channels), nn.Conv2d(channels, out_features, 7),
-                 nn.InstanceNorm2d(out_features), nn.ReLU(inplace=True)]
-        in_features = out_features
-        for _ in range(2):
-            out_features *= 2
-            model += [nn.Conv2d(in_features, out_features, 3, stride=2, padding=1),
-                      nn.InstanceNorm2d(out_features), nn.ReLU(inplace=True)]
-            in_features = out_features
-        for _ in range(num_residual_blocks):
-            model += [RefResidualBlock(out_features)]
-        for _ in range(2):
-            out_features //= 2
-            model += [nn.Upsample(scale_factor=2), nn.Conv2d(in_features, out_features, 3, stride=1, padding=1),
-                      nn.InstanceNorm2d(out_features), nn.ReLU(inplace=True)]
-            in_features = out_features
-        model += [nn.ReflectionPad2d(channels), nn.Conv2d(out_features, channels, 7), nn.Tanh()]
-        self.model = nn.Sequential(*model)
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class RefDiscriminator(nn.Module):
-    def __init__(self, input_shape):
-        super().__init__()
-        channels, height, width = input_shape
-        self.output_shape = (1, height // 2 ** 4, width // 2 ** 4)
-
-        def discriminator_block(in_filters, out_filters, normalize=True):
-            layers = [nn.Conv2d(in_filters, out_filters, 4, stride=2, padding=1)]
-            if normalize:
-                layers.append(nn.InstanceNorm2d(out_filters))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            return layers
-
-        self.model = nn.Sequential(
-            *discriminator_block(channels, 64, normalize=False), *discriminator_block(64, 128),
-            *discriminator_block(128, 256), *discriminator_block(256, 512),
-            nn.ZeroPad2d((1, 0, 1, 0)), nn.Conv2d(512, 1, 4, padding=1),
-        )
-
-    def forward(self, img):
-        return self.model(img)
 
 
 @pytest.mark.parametrize(

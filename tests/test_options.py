@@ -324,6 +324,7 @@ def test_print_config_and_the_run_folder_config_reproduce_a_run(image_folders, t
     assert "(3 images in A, 3 in B)" in result.stderr  # --max_dataset_size
     saved = json.loads((run / "config.json").read_text())
     assert saved["netD"] == "basic" and saved["upsample"] == "transpose" and saved["direction"] == "BtoA"
+    assert saved["amp"] == "auto" and saved["amp_used"] in ("off", "bf16")  # what --amp auto chose here
     again = run_here("train", "--config", str(run / "config.json"), "--output", str(tmp_path / "again"),
                     "--overwrite", "--print_config")
     assert again.returncode == 0 and "gan_mode: vanilla" in again.stdout and "lr_policy: cosine" in again.stdout

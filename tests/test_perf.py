@@ -206,3 +206,52 @@ def test_the_cpu_float32_peak_is_timed_without_mkl_whose_timed_products_change_l
                     "print('peak', peak(torch.device('cpu'), torch.float32))")
     assert "peak" in out and float(out.split("peak")[-1]) > 0
     assert "SGEMM" not in out and "GEMM" not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# bfloat16 on the CPU: read from the CPU's flags, chosen by --amp auto where the benchmark allows
+
+
+CPUINFO_X86 = "processor\t: {k}\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\n"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 avx512f avx512bw amx_tile amx_bf16 amx_int8 avx512_bf16", "AMX"),
+    ("fpu sse2 avx2 avx512f avx512bw avx512_bf16", "AVX-512 BF16"),  # Cooper Lake, Zen 4
+    ("fpu sse2 avx2 avx512f avx512bw avx512_vnni", None),  # Ice Lake: AVX-512, no bf16
+    ("fpu sse2 avx2 fma", None),
+])
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
+    from cyclegan.perf import cpu_native_bf16
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("".join(CPUINFO_X86.format(k=k, flags=flags) for k in range(2)))
+    assert cpu_native_bf16(cpuinfo) == expected
+
+
+def test_native_bfloat16_on_arm_and_where_nothing_can_be_read(tmp_path):
+    from cyclegan.perf import cpu_native_bf16
+
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes sha2 crc32 atomics bf16 i8mm\n")
+    assert cpu_native_bf16(arm) == "Arm BF16"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes\n")
+    assert cpu_native_bf16(arm) is None
+    assert cpu_native_bf16(tmp_path / "missing") is None  # not Linux: no flags, no guess
+
+
+@pytest.mark.parametrize("native", ["AMX", None])
+@pytest.mark.parametrize("allowed", [True, False])
+def test_amp_auto_on_the_cpu_follows_the_capability_and_the_benchmark(monkeypatch, native, allowed):
+    """--amp auto takes bf16 only on a CPU with native bf16 and only where the quality benchmark
+    allowed it (perf.AUTO_BF16_ON_CPU); an explicit --amp is what it says either way."""
+    from cyclegan import perf
+
+    monkeypatch.setattr(perf, "cpu_native_bf16", lambda cpuinfo=perf.CPUINFO: native)
+    monkeypatch.setattr(perf, "AUTO_BF16_ON_CPU", allowed)
+    cpu = torch.device("cpu")
+    auto = perf.resolve_speed("auto", "auto", False, cpu)
+    assert auto.amp_dtype is (torch.bfloat16 if native and allowed else None)
+    assert ("native bfloat16 (AMX)" in auto.describe()) == bool(native)  # the log says what auto went by
+    assert perf.resolve_speed("bf16", "auto", False, cpu).amp_dtype is torch.bfloat16
+    assert perf.resolve_speed("off", "auto", False, cpu).amp_dtype is None

@@ -156,6 +156,8 @@ class TrainConfig:
     # 8-bit photographs) and kept with the run, so inference inverts exactly what training did.
     data_A: dict | None = None
     data_B: dict | None = None
+    # The precision --amp resolved to on the device that ran (off, bf16, fp16).
+    amp_used: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -381,7 +383,8 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     speed = p.add_argument_group("speed")
     speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help=_help(
         "mixed precision (autocast; the losses and weights stay float32; fp16 adds a gradient scaler): auto is "
-        "bf16 on a CUDA GPU that has it, off (exact float32) on the CPU", d.amp))
+        "bf16 on a CUDA GPU that has it, off (exact float32) on the CPU, also one with native bf16 (AMX, AVX-512 "
+        "BF16), where --amp bf16 trains 1.8 to 2.7x as fast; config.json records what ran (amp_used)", d.amp))
     speed.add_argument("--channels_last", choices=("auto", "on", "off"), help=_help(
         "NHWC memory layout for networks and images: auto is on for CUDA, off on the CPU (where it is slower)",
         d.channels_last))
@@ -495,7 +498,7 @@ def _add_data_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
 # The official names that map onto TrainConfig fields (``_resolve_aliases``); flags of their own.
 ALIAS_FLAGS = ("crop_size", "epoch_count", "n_epochs_decay")
 # Settled from the data when a run starts (not options): a --config file's (a config.json) are left out.
-SETTLED_FIELDS = ("data_A", "data_B")
+SETTLED_FIELDS = ("data_A", "data_B", "amp_used")
 # The keys a --config file may hold: every field's flag and the aliases.
 CONFIG_FILE_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig)) - frozenset(SETTLED_FIELDS) | \
     frozenset(ALIAS_FLAGS)

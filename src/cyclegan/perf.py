@@ -19,6 +19,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,8 +28,8 @@ from torch import nn
 from cyclegan.errors import CycleGANError
 from cyclegan.memory import recompute_activations, step_on_meta
 
-__all__ = ["Speed", "resolve_speed", "prepare_networks", "exact_fast_layers", "subpixel_upsample_convs",
-           "UpsampleConv2d", "matmul_peak_gflops", "step_flops"]
+__all__ = ["Speed", "cpu_native_bf16", "resolve_speed", "prepare_networks", "exact_fast_layers",
+           "subpixel_upsample_convs", "UpsampleConv2d", "matmul_peak_gflops", "step_flops"]
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
@@ -40,24 +41,68 @@ class Speed:
     amp_dtype: torch.dtype | None
     channels_last: bool
     compile: bool
+    why: str = ""  # what --amp auto went by, said in the log
 
     @property
     def amp_name(self) -> str:
         return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[self.amp_dtype]
 
     def describe(self) -> str:
-        return f"amp {self.amp_name}, channels_last {'on' if self.channels_last else 'off'}, " \
+        why = f" ({self.why})" if self.why else ""
+        return f"amp {self.amp_name}{why}, channels_last {'on' if self.channels_last else 'off'}, " \
                f"compile {'on' if self.compile else 'off'}"
+
+
+CPUINFO = Path("/proc/cpuinfo")
+# Whether --amp auto picks bfloat16 on a CPU with native bfloat16 arithmetic: only where the
+# quality benchmark shows ours-bf16 within the interval of ours-float32 (docs/benchmarks.md,
+# "bfloat16 on the CPU").
+AUTO_BF16_ON_CPU = False
+
+
+def cpu_native_bf16(cpuinfo: Path = CPUINFO) -> str | None:
+    """The feature that gives this CPU native bfloat16 arithmetic, read from its flags (never
+    guessed by timing): ``AMX`` (Intel Sapphire Rapids and later), ``AVX-512 BF16`` (Intel Cooper
+    Lake, AMD Zen 4 and later), ``Arm BF16`` (Armv8.6 ``bf16``); None without one, or where the
+    flags cannot be read (not Linux)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX-512 BF16"
+    if "bf16" in flags:
+        return "Arm BF16"
+    return None
 
 
 def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.device) -> Speed:
     """``auto`` on CUDA: bfloat16 autocast where the GPU has it (else float32) and channels_last;
-    on the CPU: float32 and the default layout, the exact reference arithmetic (bf16 is an option).
+    on the CPU: bfloat16 autocast where the CPU has native bfloat16 (``cpu_native_bf16``) and
+    ``AUTO_BF16_ON_CPU`` says the quality benchmark allows it, else float32, the exact reference
+    arithmetic; the default layout.
 
     On CUDA this also turns on TF32 matrix multiplies and ``cudnn.benchmark``."""
     cuda = device.type == "cuda"
+    why = ""
     if amp == "auto":
-        dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+        if cuda:
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        else:
+            native = cpu_native_bf16()
+            dtype = torch.bfloat16 if AUTO_BF16_ON_CPU and native else None
+            if dtype:
+                why = f"auto: native bfloat16 ({native})"
+            else:
+                why = f"auto: float32, though this CPU has native bfloat16 ({native}): --amp bf16 uses it" if native \
+                    else "auto: no native bfloat16 on this CPU"
     elif amp in AMP_DTYPES:
         dtype = AMP_DTYPES[amp]
         if dtype is torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
@@ -72,7 +117,7 @@ def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.dev
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    return Speed(dtype, layout, compile)
+    return Speed(dtype, layout, compile, why)
 
 
 def exact_fast_layers(net: nn.Module) -> nn.Module:

@@ -243,6 +243,7 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     position = Position(epoch=config.epoch)
     if start.state is not None:
         position = restore_training_state(start, optimizers, schedulers, buffers, scaler, device)
+    config = dataclasses.replace(config, amp_used=speed.amp_name)  # config.json says what ran
     return Run(config, start.run_dir, env, device, speed, recompute, nets, trained, optimizers, schedulers, buffers,
                scaler, position)
 
