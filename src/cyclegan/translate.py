@@ -6,8 +6,10 @@ Inputs are files, folders (their images, not recursive) or glob patterns. Every 
 size: it is padded by reflection to what the generator needs and cropped back (``--resize``
 works at the training size instead and scales back). Images of equal size go through in
 batches; ``--tile`` translates big images in overlapping tiles with blended seams. Outputs keep
-the input's name, in the format of ``--ext`` (default: the input's own when it is png, jpg or
-webp, else png), each written atomically; ``index.html`` shows inputs and outputs side by side.
+the input's name, in the format of ``--ext`` (default: the input's own when it is png, jpg, webp,
+tif or npy, else png), each written atomically; ``index.html`` shows inputs and outputs side by
+side. Scientific images (16-bit, float, any channel count, NIfTI volumes: ``science``) are read
+and written at full precision, in the run's units (``--output_dtype``; docs/scientific.md).
 Grey inputs of a colour model are made RGB, and an RGBA image's alpha is put back on its
 translation. An input that cannot be read or translated is reported by name and skipped; the
 others are written, with ``index.html``, and the exit status is then 1.
