@@ -130,17 +130,26 @@ def test_value_ranges_parse_and_invert():
 # N channels: train, resume, translate, export, evaluate
 
 
-def write_band_pairs(root: Path, bands: int = 4, size: int = 32, train: int = 4, test: int = 2) -> Path:
-    rng = np.random.default_rng(5)
+def write_dataset(root: Path, write, train: int = 4, test: int = 1) -> Path:
+    """The reference layout under ``root``: ``write(A folder, B folder, k)`` for each of ``train``
+    and ``test`` items of the two splits."""
     for split, count in (("train", train), ("test", test)):
         for side in "AB":
             (root / split / side).mkdir(parents=True, exist_ok=True)
         for k in range(count):
-            a = rng.integers(1000, 60000, (bands, size, size), dtype=np.uint16)
-            tifffile.imwrite(root / split / "A" / f"{k}.tif", a, photometric="minisblack", planarconfig="separate")
-            tifffile.imwrite(root / split / "B" / f"{k}.tif", a[::-1].copy(), photometric="minisblack",
-                             planarconfig="separate")
+            write(root / split / "A", root / split / "B", k)
     return root
+
+
+def write_band_pairs(root: Path, bands: int = 4, size: int = 32, train: int = 4, test: int = 2) -> Path:
+    rng = np.random.default_rng(5)
+
+    def write(dir_A: Path, dir_B: Path, k: int) -> None:
+        a = rng.integers(1000, 60000, (bands, size, size), dtype=np.uint16)
+        tifffile.imwrite(dir_A / f"{k}.tif", a, photometric="minisblack", planarconfig="separate")
+        tifffile.imwrite(dir_B / f"{k}.tif", a[::-1].copy(), photometric="minisblack", planarconfig="separate")
+
+    return write_dataset(root, write, train, test)
 
 
 def test_a_4_band_tiff_run_trains_resumes_translates_exports_and_evaluates(tmp_path):
@@ -213,13 +222,13 @@ def test_a_photograph_model_given_a_16_bit_grey_file_reads_it_as_before(tmp_path
 
 
 def test_npy_arrays_train_with_percentiles_and_come_back_in_their_layout(tmp_path):
-    root = tmp_path / "npy"
     rng = np.random.default_rng(6)
-    for split, count in (("train", 4), ("test", 1)):
-        for side in "AB":
-            (root / split / side).mkdir(parents=True)
-            for k in range(count):
-                np.save(root / split / side / f"{k}.npy", (rng.random((5, 32, 32)) * 50 + 100).astype(np.float32))
+
+    def write(dir_A: Path, dir_B: Path, k: int) -> None:
+        for folder in (dir_A, dir_B):
+            np.save(folder / f"{k}.npy", (rng.random((5, 32, 32)) * 50 + 100).astype(np.float32))
+
+    root = write_dataset(tmp_path / "npy", write)
     run = tmp_path / "run"
     done = run_here("train", "--dataroot", str(root), "--channels", "5", "--value_range", "p1", "p99",
                     "--output", str(run), *TINY)
@@ -409,14 +418,13 @@ def test_byte_order_and_2d_arrays(tmp_path):
 
 
 def test_a_run_with_one_photograph_side_writes_photographs_there(tmp_path):
-    root = tmp_path / "data"
     rng = np.random.default_rng(11)
-    for split, count in (("train", 3), ("test", 1)):
-        for side in "AB":
-            (root / split / side).mkdir(parents=True)
-        for k in range(count):
-            Image.fromarray(rng.integers(0, 65535, (32, 32), dtype=np.uint16)).save(root / split / "A" / f"{k}.png")
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / "B" / f"{k}.jpg")
+
+    def write(dir_A: Path, dir_B: Path, k: int) -> None:
+        Image.fromarray(rng.integers(0, 65535, (32, 32), dtype=np.uint16)).save(dir_A / f"{k}.png")
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(dir_B / f"{k}.jpg")
+
+    root = write_dataset(tmp_path / "data", write, train=3)
     run = tmp_path / "run"
     done = run_here("train", "--dataroot", str(root), "--input_nc", "1", "--output_nc", "3", "--lambda_id", "0",
                     "--output", str(run), *TINY)

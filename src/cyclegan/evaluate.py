@@ -103,10 +103,7 @@ def read_for_scoring(path: Path, channels: int, domain: science.Domain | None = 
 def _encode(array: np.ndarray, channels: int, domain: science.Domain | None) -> torch.Tensor:
     if array.shape[2] != channels and not (array.shape[2] == 1 and channels == 3):
         raise ValueError(f"it holds {array.shape[2]} channel(s), not {channels}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise ValueError("it holds NaN or infinite values")
-    unit = science.to_unit(array, domain or science.Domain.for_file(array))
-    tensor = torch.from_numpy(unit.transpose(2, 0, 1).copy()).mul_(2).sub_(1)
+    tensor = science.encode(array, domain)
     return tensor.expand(channels, -1, -1).contiguous() if tensor.shape[0] != channels else tensor  # grey as RGB
 
 
@@ -162,11 +159,6 @@ def _channels_of(folder: str) -> int:
         return 3
 
 
-def _fid_view(images: list[torch.Tensor], bands: tuple[int, ...] | None) -> list[torch.Tensor]:
-    """What FID sees of images of other than 1 or 3 channels: the ``--display_bands`` composite."""
-    return [x if x.shape[0] in (1, 3) else x[list(bands or ())] for x in images]
-
-
 def check_flags(args: argparse.Namespace) -> None:
     """Values that cannot work, refused before the Inception network is loaded."""
     if args.kid_subset_size < 2:
@@ -199,7 +191,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = _scale_of(args, channels, target)
     with_fid = channels in (1, 3) or bands is not None
     if bands is not None and max(bands) >= channels:
-        raise CycleGANError(f"--display_bands {args.display_bands}: the images have {channels} channels, counted from 0")
+        raise CycleGANError(f"--display_bands {args.display_bands}: the images have {channels} channels, counted "
+                            "from 0")
     features = InceptionFeatures(find_inception(args.inception), device) if with_fid else None  # before long work
     if not with_fid:
         log.info("the images have %d channels: FID and KID need --display_bands R,G,B; scoring PSNR, SSIM, L1 and "
@@ -229,8 +222,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         names, fakes = _read_folder(args.fake, channels if channels not in (1, 3) else 3, "--fake", target)
     if features is not None:
         _, real = _read_folder(args.real, channels if channels not in (1, 3) else 3, "--real", target)
-        results.update(compute_metrics(_fid_view(fakes, bands), _fid_view(real, bands), features,
-                                       args.kid_subset_size))
+        def shown(images: list[torch.Tensor]) -> list[torch.Tensor]:  # the --display_bands composite
+            return [science.composite(x[None], bands)[0] for x in images]
+
+        results.update(compute_metrics(shown(fakes), shown(real), features, args.kid_subset_size))
     if args.paired:
         truth_dir = Path(args.paired)
         if not truth_dir.is_dir():

@@ -30,6 +30,7 @@ from cyclegan.errors import CycleGANError
 from cyclegan.models import DISCRIMINATORS, INIT_TYPES, NORMS, discriminator_min_side, generator_multiple
 from cyclegan.registry import MODELS, get_model
 from cyclegan.runtime import add_debug_flag
+from cyclegan.science import parse_bands, parse_value_range
 
 __all__ = ["TrainConfig", "saved_fields", "check_path_flags", "get_args_parser", "parse_config", "validate",
            "PREPROCESS_MODES", "LR_POLICIES", "GAN_MODES"]
@@ -714,8 +715,6 @@ def _check_images_and_networks(config: TrainConfig) -> None:
         if value is not None and not 1 <= value <= MAX_CHANNELS:
             raise CycleGANError(f"--{flag} {value}: use 1 (grey), 3 (RGB) or another count from 1 to {MAX_CHANNELS} "
                                 "(files of other than 1 or 3 channels: TIFF or .npy)")
-    from cyclegan.science import parse_bands, parse_value_range
-
     parse_value_range(config.value_range)
     if config.value_range_B is not None:
         parse_value_range(config.value_range_B, "--value_range_B")

@@ -64,6 +64,7 @@ __all__ = [
     "dtype_range",
     "scan_domain",
     "to_unit",
+    "encode",
     "to_values",
     "write_array",
     "write_volume",
@@ -141,27 +142,27 @@ def needs_array_path(path: Path) -> bool:
         return True
     if suffix in (".tif", ".tiff"):
         return _tiff_needs_array_path(path)
-    if suffix != ".png":  # JPEG, WebP, BMP: 8 bits a channel
-        return False
-    if _png_depth(path) == 16:  # Pillow reads 16-bit colour PNG as 8-bit RGB: never through it
-        return True
-    try:
-        with Image.open(path) as img:
-            return img.mode not in EIGHT_BIT_MODES
-    except Exception:  # noqa: BLE001 - not a PNG Pillow reads: the scan says so
-        return False
+    # JPEG, WebP, BMP hold 8 bits a channel; a PNG says its depth in its header (16-bit colour
+    # included, which Pillow would read as 8-bit RGB: it must not take the photograph path)
+    return suffix == ".png" and _png_header(path)[0] == 16
 
 
-def _png_depth(path: Path) -> int | None:
-    """A PNG's bit depth from its header (IHDR), or None when it is not a PNG."""
+def _png_header(path: Path) -> tuple[int | None, int | None]:
+    """A PNG's bit depth and colour type (0: grey) from its header (IHDR); None, None when it is
+    not a PNG."""
     try:
         with open(path, "rb") as f:
             head = f.read(26)
     except OSError:
-        return None
+        return None, None
     if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return head[24]
+        return None, None
+    return head[24], head[25]
+
+
+@functools.cache
+def _has_tifffile() -> bool:
+    return importlib.util.find_spec("tifffile") is not None
 
 
 def _tiff_needs_array_path(path: Path) -> bool:
@@ -237,13 +238,12 @@ def _read_array(path: Path | Slice) -> tuple[np.ndarray, str]:
         return out, layout
     if suffix in VOLUME_EXTENSIONS:
         raise CycleGANError(f"{path}: a NIfTI volume, read slice by slice (training) or whole (translate)")
-    if suffix in (".tif", ".tiff") and importlib.util.find_spec("tifffile") is not None:
+    if suffix in (".tif", ".tiff") and _has_tifffile():
         return _read_tiff(path)  # every TIFF of a scientific domain, whatever Pillow would make of it
-    if suffix == ".png" and _png_depth(path) == 16:
-        with Image.open(path) as img:
-            if img.mode not in ("I;16", "I;16B", "I;16L", "I"):
-                raise CycleGANError(f"{path}: a 16-bit colour PNG, which Pillow reads only through 8 bits; save it "
-                                    "as a TIFF (e.g. tifffile.imwrite) to keep its precision")
+    depth, colour = _png_header(path) if suffix == ".png" else (None, None)
+    if depth == 16 and colour != 0:  # 16 bits, not grey
+        raise CycleGANError(f"{path}: a 16-bit colour PNG, which Pillow reads only through 8 bits; save it as a "
+                            "TIFF (e.g. tifffile.imwrite) to keep its precision")
     from cyclegan.images import open_image
 
     img = open_image(path)
@@ -375,6 +375,17 @@ def to_values(tensor: torch.Tensor, domain: Domain, dtype: str) -> np.ndarray:
         low, high = dtype_range(target)
         return np.clip(np.round(values), low, high).astype(target)
     return values.astype(target)
+
+
+def encode(array: np.ndarray, domain: Domain | None = None) -> torch.Tensor:
+    """``(H, W, C)`` values as a ``(C, H, W)`` tensor in [-1, 1] by ``domain``'s range (None: the
+    array's type's); a ValueError for values that are not numbers a network can take."""
+    if array.dtype.kind not in "uif":
+        raise ValueError(f"holds {array.dtype} values; give integer or float pixels")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError(f"holds {int((~np.isfinite(array)).sum())} NaN or infinite values; replace them first")
+    unit = to_unit(array, domain or Domain.for_file(array))
+    return torch.from_numpy(unit.transpose(2, 0, 1).copy()).mul_(2).sub_(1)
 
 
 @dataclass
@@ -686,18 +697,12 @@ class Domains:
 
     def encode(self, array: np.ndarray, path: Path | Slice, gen: Any) -> torch.Tensor:
         """``(H, W, C)`` values as ``(1, C, H, W)`` in [-1, 1] by the input's domain (or its type's range)."""
-        if array.dtype.kind not in "uif":
-            raise ValueError(f"holds {array.dtype} values; give integer or float pixels")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"holds {int((~np.isfinite(array)).sum())} NaN or infinite values; replace them first")
-        domain = self.source or Domain.for_file(array)
         if array.shape[2] != gen.in_channels:
             raise ValueError(f"holds {array.shape[2]} channel(s), the generator takes {gen.in_channels}")
-        if self.source is not None and self.source.value_range == "dtype" and str(array.dtype) != domain.dtype:
-            raise ValueError(f"holds {array.dtype} values; the run was trained on {domain.dtype} files scaled by that "
-                             "type's range (convert the file, or train with --value_range MIN MAX)")
-        unit = torch.from_numpy(to_unit(array, domain).transpose(2, 0, 1).copy())
-        return unit.mul_(2).sub_(1)[None]
+        if self.source is not None and self.source.value_range == "dtype" and str(array.dtype) != self.source.dtype:
+            raise ValueError(f"holds {array.dtype} values; the run was trained on {self.source.dtype} files scaled by "
+                             "that type's range (convert the file, or train with --value_range MIN MAX)")
+        return encode(array, self.source)[None]
 
     def target_for(self, array: np.ndarray, gen: Any) -> Domain:
         if self.target is not None:

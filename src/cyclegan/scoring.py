@@ -193,7 +193,8 @@ class Scorer:
         stat = inception.stat()
         key = hashlib.sha256(json.dumps({
             "files": [[f, file_of(f).stat().st_size, file_of(f).stat().st_mtime_ns] for f in self.files_B],
-            "shape": list(self.real_B.shape), "bands": self.bands, "inception": [str(inception.resolve()), stat.st_size, stat.st_mtime_ns],
+            "shape": list(self.real_B.shape), "bands": self.bands,
+            "inception": [str(inception.resolve()), stat.st_size, stat.st_mtime_ns],
         }).encode()).hexdigest()[:16]
         path = Path(run_dir) / "eval" / f"real_B_features_{key}.npy"
         if path.is_file():

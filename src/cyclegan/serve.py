@@ -131,7 +131,8 @@ def build_app(translator: Translator, max_upload_mb: float):
         with gr.Row():
             direction = gr.Radio(directions, value=directions[0], label="direction", elem_id="direction")
             button = gr.Button("Translate", variant="primary", elem_id="translate")
-        download = gr.File(label="download (PNG; TIFF or .npy at full precision for scientific images)", elem_id="download")
+        download = gr.File(label="download (PNG; TIFF or .npy at full precision for scientific images)",
+                           elem_id="download")
         button.click(run, inputs=[source, direction], outputs=[result, download])
     return app
 
