@@ -24,6 +24,10 @@ filter, kept as the buffer ``filt`` as there, so its files load with ``strict=Tr
 stride-2 subsampling; with ``antialias_up`` an upsampling is the blurred 2x transposed filter,
 then a 3x3 convolution, its norm and ReLU; the PatchGAN's strided convolutions become stride-1
 ones each followed by the blurred subsampling.
+
+Reflection padding is ``ReflectionPad2d`` (and ``pad``): torch's, except that under CPU autocast
+it pads a bfloat16 activation in bfloat16 rather than in float32 (the same values, without two
+copies of the activation).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
     "UnetGenerator",
     "NLayerDiscriminator",
     "PixelDiscriminator",
+    "ReflectionPad2d",
+    "pad",
     "BlurDownsample",
     "BlurUpsample",
     "encoder_layout",
@@ -137,6 +143,31 @@ def weights_init_normal(m: nn.Module) -> None:
         nn.init.constant_(m.bias, 0.0)
 
 
+def pad(x: torch.Tensor, sizes: Sequence[int], mode: str) -> torch.Tensor:
+    """``F.pad`` that keeps ``x``'s dtype under CPU autocast. CPU autocast runs reflection and
+    replication padding in float32, so each padded bfloat16 activation would be copied up to
+    float32 and, by the convolution after it, back down: two activation-sized copies per pad, the
+    same values. Padding the bfloat16 tensor itself gives those values without the copies."""
+    if x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return nn.functional.pad(x, tuple(sizes), mode=mode)
+    return nn.functional.pad(x, tuple(sizes), mode=mode)
+
+
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """``nn.ReflectionPad2d`` that pads a bfloat16 activation in bfloat16 under CPU autocast
+    (``pad``); everywhere else exactly the same module (TorchScript sees torch's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            return nn.functional.pad(x, self.padding, "reflect")
+        return self._pad(x)
+
+    @torch.jit.unused
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return pad(x, self.padding, "reflect")
+
+
 def binomial_filter(size: int) -> torch.Tensor:
     """The normalised 2-D binomial filter of ``size`` taps a side (3: [1, 2, 1] x [1, 2, 1] / 16)."""
     row = torch.tensor([float(math.comb(size - 1, k)) for k in range(size)], dtype=torch.float64)
@@ -156,8 +187,12 @@ class BlurDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         filt = self.filt.to(x.dtype)
-        return nn.functional.conv2d(nn.functional.pad(x, self.pad, mode="reflect"), filt, stride=2,
-                                    groups=x.shape[1])
+        padded = nn.functional.pad(x, self.pad, mode="reflect") if torch.jit.is_scripting() else self._pad(x)
+        return nn.functional.conv2d(padded, filt, stride=2, groups=x.shape[1])
+
+    @torch.jit.unused
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return pad(x, self.pad, "reflect")
 
 
 class BlurUpsample(nn.Module):
@@ -172,21 +207,26 @@ class BlurUpsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         filt = self.filt.to(x.dtype)
-        y = nn.functional.conv_transpose2d(nn.functional.pad(x, (1, 1, 1, 1), mode="replicate"), filt, stride=2,
-                                           padding=1 + (self.size - 1) // 2, groups=x.shape[1])[:, :, 1:, 1:]
+        padded = nn.functional.pad(x, (1, 1, 1, 1), mode="replicate") if torch.jit.is_scripting() else self._pad(x)
+        y = nn.functional.conv_transpose2d(padded, filt, stride=2, padding=1 + (self.size - 1) // 2,
+                                           groups=x.shape[1])[:, :, 1:, 1:]
         return y if self.size % 2 else y[:, :, :-1, :-1]
+
+    @torch.jit.unused
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        return pad(x, (1, 1, 1, 1), "replicate")
 
 
 def _residual_layers(dim: int, norm_layer: NormLayer, use_dropout: bool, use_bias: bool) -> list[nn.Module]:
     layers: list[nn.Module] = [
-        nn.ReflectionPad2d(1),
+        ReflectionPad2d(1),
         nn.Conv2d(dim, dim, 3, bias=use_bias),
         norm_layer(dim),
         nn.ReLU(inplace=True),
     ]
     if use_dropout:
         layers.append(nn.Dropout(0.5))
-    layers += [nn.ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim)]
+    layers += [ReflectionPad2d(1), nn.Conv2d(dim, dim, 3, bias=use_bias), norm_layer(dim)]
     return layers
 
 
@@ -227,7 +267,7 @@ def _resnet_layers(
     if upsample not in ("nearest", "transpose"):
         raise ValueError(f"upsample must be 'nearest' or 'transpose', got {upsample!r}")
     layers: list[nn.Module] = [
-        nn.ReflectionPad2d(3),
+        ReflectionPad2d(3),
         nn.Conv2d(in_channels, ngf, 7, bias=use_bias),
         norm_layer(ngf),
         nn.ReLU(inplace=True),
@@ -255,7 +295,7 @@ def _resnet_layers(
                                              bias=use_bias))
         layers += [norm_layer(features // 2), nn.ReLU(inplace=True)]
         features //= 2
-    layers += [nn.ReflectionPad2d(3), nn.Conv2d(features, out_channels, 7), nn.Tanh()]
+    layers += [ReflectionPad2d(3), nn.Conv2d(features, out_channels, 7), nn.Tanh()]
     return layers
 
 
