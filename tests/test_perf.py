@@ -253,5 +253,56 @@ def test_amp_auto_on_the_cpu_follows_the_capability_and_the_benchmark(monkeypatc
     auto = perf.resolve_speed("auto", "auto", False, cpu)
     assert auto.amp_dtype is (torch.bfloat16 if native and allowed else None)
     assert ("native bfloat16 (AMX)" in auto.describe()) == bool(native)  # the log says what auto went by
-    assert perf.resolve_speed("bf16", "auto", False, cpu).amp_dtype is torch.bfloat16
+    explicit = perf.resolve_speed("bf16", "auto", False, cpu)
+    assert explicit.amp_dtype is torch.bfloat16
+    # asked for where it is emulated (many times slower): still done, with a warning that says so
+    assert ("emulated" in explicit.warning and "--amp off" in explicit.warning) == (not native)
     assert perf.resolve_speed("off", "auto", False, cpu).amp_dtype is None
+    assert not auto.warning
+
+
+def stock_pads(net: nn.Module) -> nn.Module:
+    """``net`` with every padding layer of ours swapped back for torch's ``nn.ReflectionPad2d``."""
+    for parent in net.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, models.ReflectionPad2d):
+                setattr(parent, name, nn.ReflectionPad2d(child.padding))
+    return net
+
+
+@pytest.mark.parametrize("generator", ["resnet_reference", "resnet_official", "resnet_cut"])
+def test_padding_stays_in_bfloat16_under_cpu_autocast_with_the_same_numbers(generator):
+    """CPU autocast runs torch's reflection padding in float32: every padded bf16 activation
+    copied up and back down. Our pads keep bf16 there (no copy), give the very same forward values
+    and the same input gradient to bf16 rounding, and are torch's own outside autocast."""
+    torch.manual_seed(0)
+    flavour = generator.partition("_")[2]
+    if flavour == "reference":
+        net = models.GeneratorResNet((3, 16, 16), 1)
+    else:
+        net = models.ResnetGenerator(3, 3, ngf=8, n_blocks=1, antialias=flavour == "cut",
+                                     antialias_up=flavour == "cut")
+    stock = stock_pads(copy.deepcopy(net))
+    x = torch.randn(2, 3, 16, 16)
+    seen: list[tuple[torch.dtype, torch.dtype]] = []  # (in, out) of every pad
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0].dtype, o.dtype))) for m in net.modules()
+             if isinstance(m, models.ReflectionPad2d)]
+    outputs, grads = [], []
+    for candidate in (net, stock):
+        xi = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = candidate(xi)
+        y.float().square().sum().backward()
+        outputs.append(y)
+        grads.append(xi.grad)
+    for h in hooks:
+        h.remove()
+    # the image comes in float32 and its pad keeps it so; every later pad takes and gives bf16
+    assert seen[0] == (torch.float32, torch.float32) and set(seen[1:]) == {(torch.bfloat16, torch.bfloat16)}
+    assert torch.equal(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0], grads[1], rtol=2e-2, atol=2e-2 * grads[1].abs().max().item())
+    with torch.no_grad():  # no autocast: exactly torch's module
+        assert torch.equal(net(x), stock(x))
+    padded = models.pad(x.bfloat16(), (1, 1, 1, 1), "replicate")  # bf16 in, bf16 out, anywhere
+    assert padded.dtype is torch.bfloat16 and torch.equal(padded, nn.functional.pad(x.bfloat16(), (1, 1, 1, 1),
+                                                                                    mode="replicate"))

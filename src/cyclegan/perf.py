@@ -42,6 +42,7 @@ class Speed:
     channels_last: bool
     compile: bool
     why: str = ""  # what --amp auto went by, said in the log
+    warning: str = ""  # a choice that will cost the run, said in the log as a warning
 
     @property
     def amp_name(self) -> str:
@@ -54,9 +55,9 @@ class Speed:
 
 
 CPUINFO = Path("/proc/cpuinfo")
-# Whether --amp auto picks bfloat16 on a CPU with native bfloat16 arithmetic: only where the
-# quality benchmark shows ours-bf16 within the interval of ours-float32 (docs/benchmarks.md,
-# "bfloat16 on the CPU").
+# Whether --amp auto picks bfloat16 on a CPU with native bfloat16 arithmetic: only once the
+# quality benchmark that can tell (benchmarks/quality.py --preset tell), run on such a CPU, shows
+# ours-bf16 within the interval of ours-float32 (docs/benchmarks.md, "bfloat16 on the CPU").
 AUTO_BF16_ON_CPU = False
 
 
@@ -91,7 +92,7 @@ def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.dev
 
     On CUDA this also turns on TF32 matrix multiplies and ``cudnn.benchmark``."""
     cuda = device.type == "cuda"
-    why = ""
+    why = warning = ""
     if amp == "auto":
         if cuda:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
@@ -105,6 +106,9 @@ def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.dev
                     else "auto: no native bfloat16 on this CPU"
     elif amp in AMP_DTYPES:
         dtype = AMP_DTYPES[amp]
+        if dtype is torch.bfloat16 and not cuda and cpu_native_bf16() is None:
+            warning = ("--amp bf16: this CPU has no native bfloat16 (no AMX, AVX-512 BF16 or Arm BF16 in its flags), "
+                       "so bf16 is emulated, many times slower than float32: use --amp off (or auto)")
         if dtype is torch.bfloat16 and cuda and not torch.cuda.is_bf16_supported():
             raise CycleGANError(f"--amp bf16: {torch.cuda.get_device_name(device)} has no bfloat16; use --amp fp16 "
                                 "or --amp off")
@@ -117,7 +121,7 @@ def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.dev
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    return Speed(dtype, layout, compile, why)
+    return Speed(dtype, layout, compile, why, warning)
 
 
 def exact_fast_layers(net: nn.Module) -> nn.Module:

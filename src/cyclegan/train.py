@@ -292,6 +292,8 @@ class Clock:
         peak = matmul_peak_gflops(run.device, run.speed.amp_dtype or torch.float32) if is_main else 0.0
         log.info("speed: %s; a step is %.3g GFLOP; measured %s matrix-multiply peak %.0f GFLOP/s",
                  run.speed.describe(), flops / 1e9, run.speed.amp_name if run.speed.amp_dtype else "fp32", peak)
+        if is_main and run.speed.warning:
+            log.warning("%s", run.speed.warning)
         return cls(flops / config.batch_size, peak, steps_left(config, run.position, n_batches))
 
     def lap(self) -> None:
