@@ -3,6 +3,9 @@ scikit-image and scikit-learn ship inside their packages (nothing is downloaded)
 
 Domain A: square crops of real photographs. Domain B: *other* crops of the same photographs
 through a fixed colour transform (``colour_transform``), so the two training sets are unpaired.
+Other hidden mappings (``MAPPINGS``): the negative, and the duotone task, where A is each crop's
+luminance on a blue ramp and B on an orange one (the task on which the reference loop clearly
+learns within the benchmark's hour, so that it can tell two training loops apart).
 The test split holds crops of photographs never trained on, each A with its true B: a generator
 G_AB is scored by its PSNR against that truth (``score``). Used by ``benchmarks/quality.py``
 (``cyclegan train`` against the reference loop) and by the quality regression test.
@@ -68,7 +71,53 @@ def negative_transform(rgb: np.ndarray) -> np.ndarray:
     return (255 - rgb).astype(np.uint8)
 
 
-MAPPINGS = {"colour": colour_transform, "negative": negative_transform}
+# The duotone task (``mapping="duotone"``): the task that can tell (docs/benchmarks.md, "A quality
+# benchmark that can tell"). Each crop's luminance, its contrast stretched, painted on a blue ramp
+# for A; B is the same luminance on an orange ramp. Colours and light differ at every level, so doing
+# nothing scores low; the raised contrast spreads every image's values, so ignoring the input scores
+# low too; and the answer is a fixed per-pixel colour map that keeps light light and dark dark, the
+# direction a cycle- and identity-constrained generator leans to anyway, so the reference loop
+# learns it in a few hundred steps (a map that must turn light to dark, like the negative, is as
+# plausible to a discriminator as its mirror, and training picks either).
+DUOTONE_A = (np.array([0.0, 0.0, 40.0]), np.array([120.0, 160.0, 255.0]))  # (dark end, light end)
+DUOTONE_B = (np.array([40.0, 0.0, 0.0]), np.array([255.0, 170.0, 60.0]))
+DUOTONE_GAIN = 6.0  # the contrast curve's slope at the crop's median luminance
+
+
+def duotone_luminance(rgb: np.ndarray) -> np.ndarray:
+    """A crop's luminance in [0, 1]: stretched between its 1st and 99th percentiles, then through
+    ``tanh(DUOTONE_GAIN * (y - median))`` rescaled to [0, 1], which pushes values to both ends."""
+    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
+    lo, hi = np.percentile(y, 1), np.percentile(y, 99)
+    y = np.clip((y - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
+    y = np.tanh(DUOTONE_GAIN * (y - np.median(y)))
+    return (y - y.min()) / max(y.max() - y.min(), 1e-6)
+
+
+def paint(y: np.ndarray, ramp: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Luminance ``y`` in [0, 1] painted on the colour ramp ``(dark, light)``, as uint8 RGB."""
+    dark, light = ramp
+    return np.clip(np.round(dark + y[..., None] * (light - dark)), 0, 255).astype(np.uint8)
+
+
+def duotone_a(rgb: np.ndarray) -> np.ndarray:
+    """Domain A of the duotone task: the crop's luminance on the blue ramp."""
+    return paint(duotone_luminance(rgb), DUOTONE_A)
+
+
+def duotone_transform(a: np.ndarray) -> np.ndarray:
+    """The true A -> B map of the duotone task, per pixel: the position of the (blue) A pixel along
+    A's ramp, painted at that position of B's (orange) ramp."""
+    dark, light = DUOTONE_A
+    step = light - dark
+    y = np.clip((a.astype(np.float64) - dark) @ step / (step @ step), 0.0, 1.0)
+    return paint(y, DUOTONE_B)
+
+
+MAPPINGS = {"colour": colour_transform, "negative": negative_transform, "duotone": duotone_transform}
+# What a crop becomes before it is domain A's (both domains' crops then go through the mapping
+# for B): the photograph itself, except in the duotone task.
+PREPARE = {"duotone": duotone_a}
 # --standardise: every crop's mean and spread (the generator's instance norms cannot see them, so a
 # mapping that depends on them cannot be learned exactly; fixing them leaves the structure to learn).
 STANDARD_MEAN, STANDARD_STD = 128.0, 48.0
@@ -99,10 +148,12 @@ def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_
     ``train/A`` and ``train/B`` hold ``n_train`` independent crops each (B through the colour
     transform), stored at 1.25x ``size`` so that the training transform's resize and random crop
     have work to do; ``test/A/k.png`` is a ``size`` x ``size`` crop of a test photograph and
-    ``test/B/k.png`` its true translation (``mapping``: a key of ``MAPPINGS``). The same
+    ``test/B/k.png`` its true translation (``mapping``: a key of ``MAPPINGS``; crops first go
+    through ``PREPARE[mapping]`` where it has one, and B's through the mapping after). The same
     arguments write the same files.
     """
     transform = MAPPINGS[mapping]
+    prepare = PREPARE.get(mapping, lambda rgb: rgb)
     root = Path(root)
     rng = np.random.default_rng(seed)
     train = [load_photo(*p) for p in TRAIN_PHOTOS]
@@ -112,14 +163,14 @@ def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_
             (root / split / domain).mkdir(parents=True, exist_ok=True)
     stored = int(round(size * 1.25))
     for k in range(n_train):
-        a = random_crop(train[int(rng.integers(len(train)))], rng, stored, scale, standardise)
-        b = transform(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale, standardise))
+        a = prepare(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale, standardise))
+        b = transform(prepare(random_crop(train[int(rng.integers(len(train)))], rng, stored, scale, standardise)))
         Image.fromarray(a).save(root / "train" / "A" / f"{k:04d}.png")
         Image.fromarray(b).save(root / "train" / "B" / f"{k:04d}.png")
     k = 0
     for photo in test:
         for _ in range(n_test_per_photo):
-            a = random_crop(photo, rng, size, scale, standardise)
+            a = prepare(random_crop(photo, rng, size, scale, standardise))
             Image.fromarray(a).save(root / "test" / "A" / f"{k:04d}.png")
             Image.fromarray(transform(a)).save(root / "test" / "B" / f"{k:04d}.png")
             k += 1
