@@ -66,6 +66,7 @@ from reference_step import reference_optimizers, reference_step  # noqa: E402
 from train_step import machine, replace_section  # noqa: E402
 
 from cyclegan.perf import cpu_native_bf16  # noqa: E402
+from cyclegan.utils import atomic_write  # noqa: E402
 
 from reference_models import Discriminator, GeneratorResNet, LambdaLR, ReplayBuffer, weights_init_normal  # noqa: E402
 
@@ -202,10 +203,8 @@ def launch(args: argparse.Namespace, arm: str, seed: int) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"{arm:9s} seed {seed}: {result['psnr']:.2f} dB ({result['seconds']:.0f} s)", flush=True)
     result["settings"] = settings
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    partial = kept.with_suffix(".part")
-    partial.write_text(json.dumps(result))
-    partial.replace(kept)
+    with atomic_write(kept, "w") as f:
+        f.write(json.dumps(result))
     return result
 
 
