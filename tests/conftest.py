@@ -12,13 +12,32 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-from torch import nn
 
-from cyclegan.checkpoint import checkpoint_path, save_networks
-from cyclegan.options import TrainConfig
-from cyclegan.registry import build_networks
+# Under pytest-xdist (``make test`` runs ``-n auto``: a worker per core) each worker, and every
+# process it starts, gets its share of the cores: set before torch is imported, so that the
+# workers' thread pools do not fight over the same cores.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import nn  # noqa: E402
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # should torch have come in first
+
+from cyclegan.checkpoint import checkpoint_path, save_networks  # noqa: E402
+from cyclegan.options import TrainConfig  # noqa: E402
+from cyclegan.registry import build_networks  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests marked ``long`` (15 s to 2 min on 2 cores: learning runs, ``torchrun``
+    launches, killed processes) run first, the rest in their order: parallel workers then share
+    the long ones out at the start and finish together, instead of one starting a long test as
+    the others run out of work."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def write_images(folder: Path, count: int, size=(40, 36), seed: int = 0, suffix: str = ".png") -> list[Path]:

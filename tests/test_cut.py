@@ -226,6 +226,7 @@ def test_the_cut_step_under_bfloat16_autocast():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.long
 @pytest.mark.parametrize("model", ["cut"])  # FastCUT's loss is the same with another weight
 def test_patchnce_learns_to_find_each_patch_on_the_demo_data(tmp_path, model):
     """The learning test: 200 steps on the demo data must bring PatchNCE well below ln(P), the

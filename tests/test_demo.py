@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_here
 
 from cyclegan.checkpoint import load_checkpoint
 
 
+@pytest.mark.long
 def test_demo_learns_the_hidden_mapping(tmp_path):
     run = tmp_path / "demo"
     result = run_here("demo", "--output", str(run), "--n_epochs", "1", "--device", "cpu")

@@ -40,6 +40,8 @@ T.run_step = step
 sys.exit(T.main(sys.argv[1:]))
 '''
 
+pytestmark = pytest.mark.long  # each test launches torchrun, some of them several times
+
 FLAGS = ("--img_height", "32", "--img_width", "32", "--n_residual_blocks", "1", "--ngf", "8", "--ndf", "8",
          "--n_cpu", "0", "--seed", "3", "--pool_size", "0", "--sample_interval", "1000")
 

@@ -165,6 +165,7 @@ def test_the_finetuning_phase_sees_whole_images_from_the_first_decaying_epoch(tm
     assert data.train[(0, 0, 0)]["A"].shape == data.train[(0, 6, 0)]["A"].shape == (3, 32, 32)
 
 
+@pytest.mark.long
 def test_a_resumed_cut_run_continues_in_the_finetuning_phase(tmp_path):
     """A CUT run stopped inside its fine-tuning phase and resumed trains what a straight run trains."""
     common = ["train", "--model", "cut", "--dataset_name", "demo", "--img_height", "32", "--img_width", "32",

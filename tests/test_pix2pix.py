@@ -195,6 +195,7 @@ def test_aligned_images_train_and_unpaired_data_are_refused(tmp_path, caplog):
     assert "pairs" in caplog.text
 
 
+@pytest.mark.long
 def test_the_pix2pix_demo_learns_the_paired_mapping(tmp_path):
     run = tmp_path / "demo"
     result = run_here("demo", "--model", "pix2pix", "--output", str(run), "--n_epochs", "1", "--device", "cpu")

@@ -61,6 +61,7 @@ def test_the_duotone_task_is_a_per_pixel_map_that_both_baselines_miss(duotone):
     assert identity_score(duotone) < 10.0 and constant_score(duotone) < 14.0
 
 
+@pytest.mark.long
 def test_cyclegan_train_learns_the_duotone_photographs(duotone, tmp_path):
     """A learning test on photographs: small networks, 600 steps, must end well above both
     baselines (calibration in docs/benchmarks.md, "The quality regression check")."""

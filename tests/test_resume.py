@@ -121,6 +121,7 @@ def wait_for(condition, timeout=120.0):
     return False
 
 
+@pytest.mark.long
 def test_sigkill_at_any_moment_never_loses_more_than_the_save_interval(image_folders, tmp_path):
     run = tmp_path / "run"
     rng = random.Random(0)

@@ -152,6 +152,7 @@ def write_band_pairs(root: Path, bands: int = 4, size: int = 32, train: int = 4,
     return write_dataset(root, write, train, test)
 
 
+@pytest.mark.long
 def test_a_4_band_tiff_run_trains_resumes_translates_exports_and_evaluates(tmp_path):
     data = write_band_pairs(tmp_path / "bands")
     run = tmp_path / "run"

@@ -29,6 +29,7 @@ def final_networks(run: Path) -> dict[str, torch.Tensor]:
     return load_file(list_run_checkpoints(run)[-1] / "networks.safetensors")
 
 
+@pytest.mark.long
 def test_scores_are_logged_at_the_interval_and_leave_training_unchanged(image_folders, tmp_path):
     inception = write_inception_stand_in(tmp_path / "inception.pt")
     plain, scored = tmp_path / "plain", tmp_path / "scored"

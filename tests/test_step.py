@@ -122,6 +122,7 @@ def gradient_errors(nets: dict[str, nn.Module], exact: dict[str, nn.Module]) -> 
     return errors
 
 
+@pytest.mark.long
 def test_the_training_step_is_as_close_to_exact_arithmetic_as_the_reference_step_in_fp32():
     """The step ``cyclegan train`` runs, sub-pixel upsampling convolutions included, against the
     reference step in float32 and in float64 (exact arithmetic, for these purposes), from the same
@@ -317,6 +318,7 @@ def test_step_flops_counts_a_real_step_without_touching_the_random_state():
     assert 0.75 * counted < flops["fast"] < 0.9 * counted
 
 
+@pytest.mark.long
 def test_compiled_networks_step_as_eager_ones_and_keep_their_state_dict_keys():
     """``--compile`` compiles the networks in place. The ``aot_eager`` backend traces them as the
     default (inductor) does, through the frozen-discriminator and batch-size changes of the step,

@@ -117,6 +117,7 @@ def wait_for(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     raise AssertionError(f"{url} did not answer within {timeout} s")
 
 
+@pytest.mark.long
 def test_the_web_demo_translates_an_upload_and_refuses_an_oversized_one(trained_run, browser, tmp_path):
     port = free_port()
     temp = tmp_path / "tmp"  # the system temp folder serve works in: empty again after it exits
