@@ -10,18 +10,16 @@
   and docs/*.md points to a file that exists (and, with ``#anchor``, to a heading of it).
 
 The flags come from the parsers' own ``--help`` text (the options lines), never from argparse's
-private attributes. Fast: the help of the commands is printed by subprocesses run in parallel.
+private attributes, printed by the commands themselves (in this process).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_here
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -96,18 +94,17 @@ def table_rows(path: Path) -> list[tuple[str, int, str]]:
 
 @pytest.fixture(scope="module")
 def command_help() -> dict[str, str]:
-    """``python -m cyclegan <command> --help`` of every documented command, run in parallel."""
-    env = {**os.environ, "COLUMNS": "100"}
-    procs = {
-        command: subprocess.Popen([sys.executable, "-m", "cyclegan", *command.split(), "--help"], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for command in COMMAND_PAGES
-    }
+    """``cyclegan <command> --help`` of every documented command, 100 columns wide (argparse
+    reads ``COLUMNS``), run in this process: the text a new process prints (tests/test_cli.py
+    checks the entry points themselves)."""
     out = {}
-    for command, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 0, f"cyclegan {command} --help failed (status {proc.returncode}):\n{stderr}"
-        out[command] = stdout
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COLUMNS", "100")
+        for command in COMMAND_PAGES:
+            result = run_here(*command.split(), "--help", cwd=ROOT)
+            assert result.returncode == 0, f"cyclegan {command} --help failed (status {result.returncode}):\n" \
+                                           f"{result.stderr}"
+            out[command] = result.stdout
     return out
 
 

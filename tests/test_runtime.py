@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
-import sys
 
 import pytest
+from conftest import run_here
 
 from cyclegan import report as report_module
 from cyclegan.errors import CycleGANError
@@ -67,8 +66,6 @@ def test_a_real_command_reports_an_internal_error_in_one_line(tmp_path, monkeypa
 
 def test_every_command_takes_debug():
     commands = ("train", "demo", "translate", "export", "evaluate", "report", "serve", "download dataset")
-    procs = {c: subprocess.Popen([sys.executable, "-m", "cyclegan", *c.split(), "--help"], stdout=subprocess.PIPE,
-                                 text=True) for c in commands}
-    for command, proc in procs.items():
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and "--debug" in out, command
+    for command in commands:
+        result = run_here(*command.split(), "--help")
+        assert result.returncode == 0 and "--debug" in result.stdout, command
