@@ -10,7 +10,11 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
+	@# pip would compile every installed module one file after another (half of the install);
+	@# compileall does it on every core. Like pip, it leaves a file that does not compile
+	@# (torch ships one for Python 3.12 only) without bytecode: hence the || true.
+	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 install: $(STAMP)
