@@ -384,8 +384,8 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     speed = p.add_argument_group("speed")
     speed.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), help=_help(
         "mixed precision (autocast; the losses and weights stay float32; fp16 adds a gradient scaler): auto is "
-        "bf16 on a CUDA GPU that has it, off (exact float32) on the CPU, also one with native bf16 (AMX, AVX-512 "
-        "BF16), where --amp bf16 trains 1.8 to 2.7x as fast (without it bf16 is emulated, many times slower); "
+        "bf16 on a CUDA GPU that has it and on a CPU with native bf16 (AMX, AVX-512 BF16; 1.8 to 2.7x as fast "
+        "as float32), off (exact float32) on other CPUs, where bf16 is emulated, many times slower; "
         "config.json records what ran (amp_used)", d.amp))
     speed.add_argument("--channels_last", choices=("auto", "on", "off"), help=_help(
         "NHWC memory layout for networks and images: auto is on for CUDA, off on the CPU (where it is slower)",
