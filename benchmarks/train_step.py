@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from reference_step import reference_optimizers, reference_step  # noqa: E402
 
 from cyclegan import datasets  # noqa: E402
-from cyclegan.perf import cpu_native_bf16, matmul_peak_gflops, prepare_networks, resolve_speed, step_flops  # noqa: E402
+from cyclegan.perf import cpu_native_bf16, measure_matmul_peak, prepare_networks, resolve_speed, step_flops  # noqa: E402
 from cyclegan.registry import build_networks  # noqa: E402
 from cyclegan.options import TrainConfig  # noqa: E402
 from cyclegan.step import build_optimizers, train_step  # noqa: E402
@@ -219,8 +219,8 @@ def main() -> None:
     peak_sizes = (4096, 8192) if cuda else (1024, 2048)
     # The peak is measured before and after the cases, and the higher taken: a moment of noise
     # on the machine must not pass for its peak.
-    peak32 = matmul_peak_gflops(device, torch.float32, sizes=peak_sizes, seconds=1.0)
-    peak16 = matmul_peak_gflops(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0) if "ours_bf16" in kinds else None
+    peak32 = measure_matmul_peak(device, torch.float32, sizes=peak_sizes, seconds=1.0)
+    peak16 = measure_matmul_peak(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0) if "ours_bf16" in kinds else None
     cases = [(64, 1)] if args.quick else [(64, 1), (64, 4), (128, 1), (128, 4), (256, 1), (256, 4)]
     if args.cases:
         cases = [tuple(int(v) for v in c.split("x")) for c in args.cases]
@@ -237,9 +237,9 @@ def main() -> None:
                          "gflop_step": r["flops"] / 1e9, "executed_gflop_step": r["executed_flops"] / 1e9,
                          "gflops": gflops, "memory_mib": r["memory_mib"]})
             print(json.dumps(rows[-1]), flush=True)
-    peak32 = max(peak32, matmul_peak_gflops(device, torch.float32, sizes=peak_sizes, seconds=1.0))
+    peak32 = max(peak32, measure_matmul_peak(device, torch.float32, sizes=peak_sizes, seconds=1.0))
     if peak16:
-        peak16 = max(peak16, matmul_peak_gflops(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0))
+        peak16 = max(peak16, measure_matmul_peak(device, torch.bfloat16, sizes=peak_sizes, seconds=1.0))
     for row in rows:
         peak = peak16 if row["variant"] == "ours_bf16" else peak32
         row["peak_fraction"] = row["gflops"] / peak

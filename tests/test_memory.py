@@ -4,13 +4,14 @@ estimate; auto mode and the out-of-memory advice."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 
 import pytest
 import torch
 from conftest import SMALL_RUN, write_images
 
-from cyclegan import memory
+from cyclegan import memory, perf
 from cyclegan import train as train_module
 from cyclegan.memory import RecomputedSequential, recompute_activations, saved_activation_bytes
 from cyclegan.registry import build_networks
@@ -84,6 +85,46 @@ def test_checkpointing_keeps_far_less_for_backward():
     assert full < 0.3 * off and blocks < 0.6 * off, (off, blocks, full)
     # and it grows with the pixels, as the real peak does
     assert saved_activation_bytes(TrainConfig(img_height=128, img_width=128), "off") > 3.5 * off
+
+
+# A value for every setting the meta-device figures ignore, each unlike its default.
+BOOKKEEPING = dict(dataroot="elsewhere", output="out", dataset_name="horse2zebra", seed=7, overwrite=True, resume="run",
+                   epoch=3, n_epochs=9, decay_epoch=4, n_cpu=1, sample_interval=7, checkpoint_interval=2,
+                   keep_checkpoints=1, save_every_steps=5, max_steps=10, logger="none", log_interval=3, eval_every=1,
+                   eval_every_steps=4, keep_best="fid", early_stop=2)
+
+
+def test_meta_figures_are_computed_once_per_shape_of_step_and_the_settings_left_out_change_nothing(monkeypatch):
+    config = TrainConfig(img_height=32, img_width=32, n_residual_blocks=1, ngf=8, ndf=8, model="cut")
+    assert set(BOOKKEEPING) == memory._NOT_SHAPING
+    passes = []
+    on_meta = memory.step_on_meta
+
+    def counted(*args, **kwargs):
+        passes.append(args[0])
+        return on_meta(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "step_on_meta", counted)
+    monkeypatch.setattr(perf, "step_on_meta", counted)
+    monkeypatch.setattr(memory, "_figures", {})
+    figures = (saved_activation_bytes(config, "off"), perf.step_flops(config))
+    assert len(passes) == 2
+    elsewhere = dataclasses.replace(config, **BOOKKEEPING)
+    assert (saved_activation_bytes(elsewhere, "off"), perf.step_flops(elsewhere)) == figures
+    assert len(passes) == 2  # remembered
+    memory._figures.clear()  # and right: computed afresh for that config, the figures are the same
+    assert (saved_activation_bytes(elsewhere, "off"), perf.step_flops(elsewhere)) == figures
+    assert len(passes) == 4 and passes[-1] is elsewhere
+    memory._figures.clear()  # (each time: the count once depended on which addresses Python reused)
+    assert saved_activation_bytes(config, "off") == figures[0]
+    # what shapes the step is computed again: another mode, batch, width, loss
+    assert saved_activation_bytes(config, "full") < figures[0]
+    assert perf.step_flops(config, batch_size=2) == 2 * figures[1]
+    wider = dataclasses.replace(config, ngf=16)
+    assert saved_activation_bytes(wider, "off") > figures[0] and perf.step_flops(wider) > figures[1]
+    no_identity = dataclasses.replace(config, nce_idt=False)  # FastCUT's: no identity pass
+    assert perf.step_flops(no_identity) < figures[1]
+    assert len(passes) == 10
 
 
 def test_auto_takes_full_when_the_step_would_not_fit(monkeypatch):

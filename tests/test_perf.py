@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 from train_step import cpu_step_memory  # noqa: E402
 
-from cyclegan import models  # noqa: E402
+from cyclegan import models, perf  # noqa: E402
 from cyclegan.models import NETWORK_NAMES  # noqa: E402
 from cyclegan.registry import build_networks  # noqa: E402
 from cyclegan.options import TrainConfig  # noqa: E402
@@ -215,6 +215,17 @@ def test_the_cpu_float32_peak_is_timed_without_mkl_whose_timed_products_change_l
 CPUINFO_X86 = "processor\t: {k}\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\n\n"
 
 
+def test_the_peak_is_timed_once_per_process_for_each_device_and_dtype(monkeypatch):
+    timed = []
+    monkeypatch.setattr(perf, "_peaks", {})
+    monkeypatch.setattr(perf, "measure_matmul_peak", lambda *args: timed.append(args) or 100.0 + len(timed))
+    cpu = torch.device("cpu")
+    assert perf.matmul_peak_gflops(cpu) == perf.matmul_peak_gflops(cpu) == 101.0
+    assert perf.matmul_peak_gflops(cpu, torch.bfloat16) == 102.0
+    assert perf.matmul_peak_gflops(cpu, sizes=(64,)) == 103.0
+    assert len(timed) == 3
+
+
 @pytest.mark.parametrize("flags, expected", [
     ("fpu sse2 avx2 avx512f avx512bw amx_tile amx_bf16 amx_int8 avx512_bf16", "AMX"),
     ("fpu sse2 avx2 avx512f avx512bw avx512_bf16", "AVX-512 BF16"),  # Cooper Lake, Zen 4
@@ -245,8 +256,6 @@ def test_native_bfloat16_on_arm_and_where_nothing_can_be_read(tmp_path):
 def test_amp_auto_on_the_cpu_follows_the_capability_and_the_benchmark(monkeypatch, native, allowed):
     """--amp auto takes bf16 only on a CPU with native bf16 and only where the quality benchmark
     allowed it (perf.AUTO_BF16_ON_CPU); an explicit --amp is what it says either way."""
-    from cyclegan import perf
-
     monkeypatch.setattr(perf, "cpu_native_bf16", lambda cpuinfo=perf.CPUINFO: native)
     monkeypatch.setattr(perf, "AUTO_BF16_ON_CPU", allowed)
     cpu = torch.device("cpu")

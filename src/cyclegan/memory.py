@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -161,6 +162,30 @@ def recompute_activations(net: nn.Module, mode: str) -> nn.Module:
     return net
 
 
+# What a pass on the meta device reads off a config depends only on the settings that shape the
+# networks and the step. These (where the data and the run live, how long it runs, how often it
+# logs, saves and scores) change none of it: configs that differ only in them share the figures.
+_NOT_SHAPING = frozenset({
+    "dataroot", "output", "dataset_name", "seed", "overwrite", "resume", "epoch", "n_epochs", "decay_epoch", "n_cpu",
+    "sample_interval", "checkpoint_interval", "keep_checkpoints", "save_every_steps", "max_steps", "logger",
+    "log_interval", "eval_every", "eval_every_steps", "keep_best", "early_stop",
+})
+_figures: dict[tuple[Any, ...], int] = {}
+
+
+def remembered(what: str, config: TrainConfig, compute: Callable[[], int], *details: Any) -> int:
+    """``compute()``, a figure read off ``config`` on the meta device, computed once per process
+    for each ``what``, ``details`` and the settings of ``config`` that shape a step. A pass takes
+    about half a second of Python; a run asks for several figures of one config (its memory check,
+    ``--activation_checkpointing auto``, the FLOPs of its speed line), and a process that starts
+    runs one after another (tests, a notebook) asks again for each."""
+    shaping = {k: v for k, v in config.to_json().items() if k not in _NOT_SHAPING}
+    key = (what, json.dumps(shaping, sort_keys=True, default=str), *details)
+    if key not in _figures:
+        _figures[key] = compute()
+    return _figures[key]
+
+
 class _NoOptimizer:
     def zero_grad(self, set_to_none: bool = True) -> None:
         pass
@@ -176,25 +201,35 @@ def saved_activation_bytes(config: TrainConfig, mode: str = "off", batch_size: i
     used. A lower bound of the step's peak, which adds the weights, the gradients, the optimizer
     state and short-lived temporaries."""
     n = batch_size or config.batch_size
+    return remembered("saved activation bytes", config, lambda: _saved_activation_bytes(config, mode, n), mode, n)
+
+
+def _saved_activation_bytes(config: TrainConfig, mode: str, n: int) -> int:
     live = peak = 0
-    holders: dict[int, int] = {}  # a tensor saved by several nodes is held once
+    # A tensor saved by several nodes is held once. Each held tensor is kept referenced until its
+    # last holder lets it go, so that no other tensor can take its id meanwhile (ids are
+    # addresses: a freed one comes back, and would make the count depend on the allocator).
+    holders: dict[int, tuple[torch.Tensor, int]] = {}
 
     def pack(t: torch.Tensor) -> Any:
         nonlocal live, peak
         if t.is_leaf:  # weights and input images: held anyway, not activations
             return t
-        if holders.get(id(t), 0) == 0:
+        _, count = holders.get(id(t), (t, 0))
+        if count == 0:
             live += t.numel() * t.element_size()
             peak = max(peak, live)
-        holders[id(t)] = holders.get(id(t), 0) + 1
+        holders[id(t)] = (t, count + 1)
         return t
 
     def unpack(t: torch.Tensor) -> torch.Tensor:
         nonlocal live
         if t.is_leaf:
             return t
-        holders[id(t)] -= 1
-        if holders[id(t)] == 0:
+        _, count = holders.pop(id(t))
+        if count > 1:
+            holders[id(t)] = (t, count - 1)
+        else:
             live -= t.numel() * t.element_size()
         return t
 
@@ -231,9 +266,13 @@ def human_bytes(n: float) -> str:
 def weight_bytes(config: TrainConfig) -> int:
     """The bytes of the run's weights, their gradients and Adam's two moments (four float32
     copies of every parameter), counted on the meta device."""
-    with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        nets = build_networks(config)
-    return 4 * 4 * sum(p.numel() for net in nets.values() for p in net.parameters())
+
+    def count() -> int:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            nets = build_networks(config)
+        return 4 * 4 * sum(p.numel() for net in nets.values() for p in net.parameters())
+
+    return remembered("weight bytes", config, count)
 
 
 def check_fits(config: TrainConfig, device: torch.device, mode: str) -> None:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cyclegan.errors import CycleGANError
-from cyclegan.memory import recompute_activations, step_on_meta
+from cyclegan.memory import recompute_activations, remembered, step_on_meta
 
 __all__ = ["Speed", "cpu_native_bf16", "resolve_speed", "prepare_networks", "exact_fast_layers",
            "subpixel_upsample_convs", "UpsampleConv2d", "matmul_peak_gflops", "step_flops"]
@@ -280,7 +280,23 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     processes load the machine leaves MKL computing later, small products of the same process
     in another order (seen in about one run in five under load). A training run that measured
     its peak that way would not repeat another run bit for bit. bfloat16 and float16 go through
-    oneDNN, which keeps no such state, and a GPU through its own libraries."""
+    oneDNN, which keeps no such state, and a GPU through its own libraries.
+
+    Measured once per process for each set of arguments: the rate is the machine's, and timing it
+    takes a few tenths of a second, which a process that starts run after run need not repeat
+    (``measure_matmul_peak`` times it again)."""
+    key = (str(device), dtype, sizes, seconds)
+    if key not in _peaks:
+        _peaks[key] = measure_matmul_peak(device, dtype, sizes, seconds)
+    return _peaks[key]
+
+
+_peaks: dict[tuple[Any, ...], float] = {}
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32,
+                        sizes: tuple[int, ...] | None = None, seconds: float = 0.1) -> float:
+    """``matmul_peak_gflops``, timed now (the benchmarks time it before and after their runs)."""
     if sizes is None:
         if device.type == "cuda":
             sizes = (4096, 8192)
@@ -336,6 +352,9 @@ def step_flops(config: Any, batch_size: int | None = None) -> int:
     follow ``autograd.grad``), so for ``wgangp`` this is a lower bound."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
-    step_on_meta(config, batch_size, around=lambda: counter)
-    return int(counter.get_total_flops())
+    def count() -> int:
+        counter = FlopCounterMode(display=False)
+        step_on_meta(config, batch_size, around=lambda: counter)
+        return int(counter.get_total_flops())
+
+    return remembered("step flops", config, count, batch_size or config.batch_size)
