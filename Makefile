@@ -8,13 +8,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test install chromium clean
 
+# Bytecode is written as modules are first imported, also where the environment says not to
+# (PYTHONDONTWRITEBYTECODE): without it every new Python of the suite compiles torch again (7-8 s
+# a start becomes 16-18). Compiling only what is imported beats compiling all of .venv at install:
+# pip's own compile of every installed module was half of the install.
+unexport PYTHONDONTWRITEBYTECODE
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-compile -c constraints.txt -e ".[dev]"
-	@# pip would compile every installed module one file after another (half of the install);
-	@# compileall does it on every core. Like pip, it leaves a file that does not compile
-	@# (torch ships one for Python 3.12 only) without bytecode: hence the || true.
-	$(BIN)/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 install: $(STAMP)
