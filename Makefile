@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test install chromium clean
 
 # Bytecode is written as modules are first imported, also where the environment says not to
-# (PYTHONDONTWRITEBYTECODE): without it every new Python of the suite compiles torch again (7-8 s
-# a start becomes 16-18). Compiling only what is imported beats compiling all of .venv at install:
-# pip's own compile of every installed module was half of the install.
+# (PYTHONDONTWRITEBYTECODE): without it every new Python of the suite compiles torch again, which
+# doubles its start. Compiling only what is imported beats compiling all of .venv at install
+# (docs/benchmarks.md, "The test suite", has the figures).
 unexport PYTHONDONTWRITEBYTECODE
 
 $(STAMP): pyproject.toml constraints.txt

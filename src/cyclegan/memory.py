@@ -175,10 +175,11 @@ _figures: dict[tuple[Any, ...], int] = {}
 
 def remembered(what: str, config: TrainConfig, compute: Callable[[], int], *details: Any) -> int:
     """``compute()``, a figure read off ``config`` on the meta device, computed once per process
-    for each ``what``, ``details`` and the settings of ``config`` that shape a step. A pass takes
-    about half a second of Python; a run asks for several figures of one config (its memory check,
-    ``--activation_checkpointing auto``, the FLOPs of its speed line), and a process that starts
-    runs one after another (tests, a notebook) asks again for each."""
+    for each ``what``, ``details`` and the settings of ``config`` that shape a step. A pass runs a
+    whole step op by op in Python (docs/benchmarks.md, "The test suite", has its cost); a run asks
+    for several figures of one config (its memory check, ``--activation_checkpointing auto``, the
+    FLOPs of its speed line), and a process that starts runs one after another (tests, a notebook)
+    asks again for each."""
     shaping = {k: v for k, v in config.to_json().items() if k not in _NOT_SHAPING}
     key = (what, json.dumps(shaping, sort_keys=True, default=str), *details)
     if key not in _figures:

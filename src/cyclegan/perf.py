@@ -282,9 +282,8 @@ def matmul_peak_gflops(device: torch.device, dtype: torch.dtype = torch.float32,
     its peak that way would not repeat another run bit for bit. bfloat16 and float16 go through
     oneDNN, which keeps no such state, and a GPU through its own libraries.
 
-    Measured once per process for each set of arguments: the rate is the machine's, and timing it
-    takes a few tenths of a second, which a process that starts run after run need not repeat
-    (``measure_matmul_peak`` times it again)."""
+    Measured once per process for each set of arguments: the rate is the machine's, and a process
+    that starts run after run need not time it again (``measure_matmul_peak`` does)."""
     key = (str(device), dtype, sizes, seconds)
     if key not in _peaks:
         _peaks[key] = measure_matmul_peak(device, dtype, sizes, seconds)
