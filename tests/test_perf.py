@@ -270,6 +270,29 @@ def test_amp_auto_on_the_cpu_follows_the_capability_and_the_benchmark(monkeypatc
     assert not auto.warning
 
 
+@pytest.mark.parametrize("native", ["AMX", None])
+def test_amp_auto_keeps_the_precision_a_resumed_run_started_with_where_the_cpu_has_it(monkeypatch, native):
+    monkeypatch.setattr(perf, "cpu_native_bf16", lambda cpuinfo=perf.CPUINFO: native)
+    monkeypatch.setattr(perf, "AUTO_BF16_ON_CPU", True)
+    cpu = torch.device("cpu")
+    began_off = perf.resolve_speed("auto", "auto", False, cpu, started="off")
+    assert began_off.amp_dtype is None
+    assert ("as the run started" in began_off.why) == (native is not None)  # else auto chose float32 anyway
+    # a new run (nothing started), an explicit --amp, and a precision auto never picks: as before
+    assert perf.resolve_speed("auto", "auto", False, cpu).amp_dtype is (torch.bfloat16 if native else None)
+    assert perf.resolve_speed("off", "auto", False, cpu, started="bf16").amp_dtype is None
+    assert perf.resolve_speed("auto", "auto", False, cpu, started="fp16").amp_dtype is (
+        torch.bfloat16 if native else None)
+    began_bf16 = perf.resolve_speed("auto", "auto", False, cpu, started="bf16")
+    if native:
+        assert began_bf16.amp_dtype is torch.bfloat16 and began_bf16.why == "auto: native bfloat16 (AMX)"
+        monkeypatch.setattr(perf, "AUTO_BF16_ON_CPU", False)  # a version whose auto is float32 keeps it too
+        kept = perf.resolve_speed("auto", "auto", False, cpu, started="bf16")
+        assert kept.amp_dtype is torch.bfloat16 and "as the run started" in kept.why and "--amp off" in kept.why
+    else:  # not emulated many times slower: float32, and the log says why
+        assert began_bf16.amp_dtype is None and "the run started in bfloat16" in began_bf16.why
+
+
 def stock_pads(net: nn.Module) -> nn.Module:
     """``net`` with every padding layer of ours swapped back for torch's ``nn.ReflectionPad2d``."""
     for parent in net.modules():

@@ -4,6 +4,7 @@ malicious checkpoints, a full disk, divergence, and bad images in both modes."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import pickle
 import random
@@ -22,6 +23,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cyclegan import checkpoint as ckpt_module
+from cyclegan import perf
 from cyclegan import train as train_module
 from cyclegan.checkpoint import list_run_checkpoints, load_latest_run_checkpoint, load_run_checkpoint
 from cyclegan.errors import CycleGANError
@@ -92,6 +94,39 @@ def test_stop_and_resume_is_bit_identical_to_a_straight_run(image_folders, tmp_p
             "G", "D_B", "F"}
     if "pix2pix" in extra:  # batch norm's running statistics are in the networks' state too
         assert {k.split(".")[0] for k in nets_a} == {"G_AB", "D_B"} and any("running_mean" in k for k in nets_a)
+
+
+def test_a_resumed_run_keeps_the_precision_auto_chose_when_it_started(image_folders, tmp_path, monkeypatch):
+    """--amp auto chooses once, when a run starts: resumed where auto would choose bf16 (a CPU with
+    native bf16, or a version whose auto takes it), the run goes on in float32 as it began, bit
+    for bit as a straight run; --amp given on resume switches."""
+    def cpu(native):
+        monkeypatch.setattr(perf, "cpu_native_bf16", lambda cpuinfo=perf.CPUINFO: native)
+
+    cpu(None)
+    straight = tmp_path / "straight"
+    assert run_here("train", "--dataroot", str(image_folders), "--output", str(straight), *RUN).returncode == 0
+    split = tmp_path / "split"
+    first = run_here("train", "--dataroot", str(image_folders), "--output", str(split), *RUN, "--max_steps", "6")
+    assert first.returncode == 0, first.stderr
+    switched = tmp_path / "switched"
+    shutil.copytree(split, switched)
+
+    cpu("AMX")
+    second = run_here("train", "--resume", "--output", str(split))
+    assert second.returncode == 0, second.stderr
+    assert "amp off (auto: float32, as the run started (its amp_used; --amp bf16 switches))" in second.stderr
+    assert json.loads((split / "config.json").read_text())["amp_used"] == "off"
+    nets_a, state_a = final_state(straight)
+    nets_b, state_b = final_state(split)
+    assert state_a["step"] == state_b["step"] == 12
+    assert_same_tensors(nets_a, nets_b, "networks")
+    assert_same_tensors(state_a["optimizers"], state_b["optimizers"], "optimizers")
+
+    third = run_here("train", "--resume", "--output", str(switched), "--amp", "bf16", "--max_steps", "7")
+    assert third.returncode == 0, third.stderr
+    assert "on resume: --amp bf16 (the run had auto)" in third.stderr
+    assert json.loads((switched / "config.json").read_text())["amp_used"] == "bf16"
 
 
 def test_keep_checkpoints_and_save_every_steps(image_folders, tmp_path):

@@ -386,7 +386,7 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "mixed precision (autocast; the losses and weights stay float32; fp16 adds a gradient scaler): auto is "
         "bf16 on a CUDA GPU that has it and on a CPU with native bf16 (AMX, AVX-512 BF16; 1.8 to 2.7x as fast "
         "as float32), off (exact float32) on other CPUs, where bf16 is emulated, many times slower; "
-        "config.json records what ran (amp_used)", d.amp))
+        "config.json records what ran (amp_used), and a resumed run's auto keeps it", d.amp))
     speed.add_argument("--channels_last", choices=("auto", "on", "off"), help=_help(
         "NHWC memory layout for networks and images: auto is on for CUDA, off on the CPU (where it is slower)",
         d.channels_last))

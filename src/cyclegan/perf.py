@@ -85,26 +85,42 @@ def cpu_native_bf16(cpuinfo: Path = CPUINFO) -> str | None:
     return None
 
 
-def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.device) -> Speed:
+def resolve_speed(amp: str, channels_last: str, compile: bool, device: torch.device,
+                  started: str | None = None) -> Speed:
     """``auto`` on CUDA: bfloat16 autocast where the GPU has it (else float32) and channels_last;
     on the CPU: bfloat16 autocast where the CPU has native bfloat16 (``cpu_native_bf16``) and
     ``AUTO_BF16_ON_CPU`` says the quality benchmark allows it, else float32, the exact reference
     arithmetic; the default layout.
 
+    ``started``: for a resumed run, the precision ``auto`` chose when it started (``amp_used`` in
+    its config). ``auto`` keeps it where this device has it natively, so that a run resumed on
+    another machine, or by a version whose ``auto`` chooses otherwise, goes on as it began;
+    ``--amp`` given on resume switches.
+
     On CUDA this also turns on TF32 matrix multiplies and ``cudnn.benchmark``."""
     cuda = device.type == "cuda"
     why = warning = ""
     if amp == "auto":
+        native = "" if cuda else cpu_native_bf16()
+        has_bf16 = torch.cuda.is_bf16_supported() if cuda else native is not None
         if cuda:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+            dtype = torch.bfloat16 if has_bf16 else None
         else:
-            native = cpu_native_bf16()
             dtype = torch.bfloat16 if AUTO_BF16_ON_CPU and native else None
             if dtype:
                 why = f"auto: native bfloat16 ({native})"
             else:
                 why = f"auto: float32, though this CPU has native bfloat16 ({native}): --amp bf16 uses it" if native \
                     else "auto: no native bfloat16 on this CPU"
+        chosen = "bf16" if dtype else "off"
+        if started in ("off", "bf16") and started != chosen:
+            if started == "off" or has_bf16:
+                dtype = AMP_DTYPES[started]
+                why = f"auto: {'float32' if started == 'off' else 'bfloat16'}, as the run started (its amp_used; " \
+                      f"--amp {chosen} switches)"
+            else:
+                why = f"{why or 'auto: ' + chosen}; the run started in bfloat16, which this {device.type.upper()} " \
+                      "does not compute natively"
     elif amp in AMP_DTYPES:
         dtype = AMP_DTYPES[amp]
         if dtype is torch.bfloat16 and not cuda and cpu_native_bf16() is None:

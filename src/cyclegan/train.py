@@ -229,7 +229,8 @@ def build_run(start: Start, env: DistEnv, device: torch.device) -> Run:
     """The networks (with the start's weights), optimizers, schedulers and replay buffers of the
     run, on ``device``; a resumed run's state loaded into them."""
     config = start.config
-    speed = resolve_speed(config.amp, config.channels_last, config.compile, device)
+    speed = resolve_speed(config.amp, config.channels_last, config.compile, device,
+                          started=config.amp_used if start.state is not None else None)
     recompute = resolve_recompute(config, device)
     check_fits(config, device, recompute)
     nets = build_networks(config)
