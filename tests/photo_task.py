@@ -5,7 +5,8 @@ Domain A: square crops of real photographs. Domain B: *other* crops of the same 
 through a fixed colour transform (``colour_transform``), so the two training sets are unpaired.
 Other hidden mappings (``MAPPINGS``): the negative, and the duotone task, where A is each crop's
 luminance on a blue ramp and B on an orange one (the task on which the reference loop clearly
-learns within the benchmark's hour, so that it can tell two training loops apart).
+learns within the benchmark's hour, so that it can tell two training loops apart), and the 16-bit
+task (``mapping="camera"``: grey uint16 files in bands of camera counts, benchmarks/science_bf16.py).
 The test split holds crops of photographs never trained on, each A with its true B: a generator
 G_AB is scored by its PSNR against that truth (``score``). Used by ``benchmarks/quality.py``
 (``cyclegan train`` against the reference loop) and by the quality regression test.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -114,10 +116,6 @@ def duotone_transform(a: np.ndarray) -> np.ndarray:
     return paint(y, DUOTONE_B)
 
 
-MAPPINGS = {"colour": colour_transform, "negative": negative_transform, "duotone": duotone_transform}
-# What a crop becomes before it is domain A's (both domains' crops then go through the mapping
-# for B): the photograph itself, except in the duotone task.
-PREPARE = {"duotone": duotone_a}
 # --standardise: every crop's mean and spread (the generator's instance norms cannot see them, so a
 # mapping that depends on them cannot be learned exactly; fixing them leaves the structure to learn).
 STANDARD_MEAN, STANDARD_STD = 128.0, 48.0
@@ -179,11 +177,16 @@ def write_photo_task(root: Path, size: int = 64, n_train: int = 200, n_test_per_
 
 def load_test_pairs(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The test split as two ``(N, 3, H, W)`` tensors in [-1, 1]: inputs A and truths B."""
+    inputs, truths = split_arrays(root, lambda image: image.convert("RGB"))
+    return tuple(torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1.0 for a in (inputs, truths))
+
+
+def split_arrays(root: Path, read: Callable[[Image.Image], Image.Image]) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's inputs A and truths B, each file through ``read``, stacked as arrays."""
     out = []
     for domain in ("A", "B"):
         files = sorted((Path(root) / "test" / domain).glob("*.png"))
-        arrays = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-        out.append(torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+        out.append(np.stack([np.asarray(read(Image.open(f))) for f in files]))
     return out[0], out[1]
 
 
@@ -221,3 +224,74 @@ def constant_score(root: Path) -> float:
     images = [Image.open(f).convert("RGB").resize((size[1], size[0]), Image.BICUBIC) for f in files]
     mean = torch.from_numpy(np.stack([np.asarray(i) for i in images]).mean(0)).permute(2, 0, 1).float() / 127.5 - 1
     return psnr_db(mean.expand_as(truths), truths)
+
+
+# The 16-bit task (``write_camera_task``, benchmarks/science_bf16.py): what a scientific camera
+# gives, grey 16-bit files whose values fill only part of the type's range. A crop's luminance,
+# stretched between its 1st and 99th percentiles, in a band of 12-bit counts above a dark offset;
+# B the same luminance through a gamma of 2.5 (a non-linear detector's response), in a band of its
+# own. Doing nothing (A's position in its band at the same position of B's) and ignoring the input
+# (the mean image of train B) both score about 12 dB: a generator must learn the curve and keep
+# the structure. Scored in counts, against the span of B's band.
+CAMERA_A = (1000.0, 3000.0)  # (offset, span) in counts of a uint16 file
+CAMERA_B = (6000.0, 2500.0)
+CAMERA_GAMMA = 2.5
+
+
+def camera_luminance(rgb: np.ndarray) -> np.ndarray:
+    """A crop's luminance in [0, 1], stretched between its 1st and 99th percentiles."""
+    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
+    lo, hi = np.percentile(y, 1), np.percentile(y, 99)
+    return np.clip((y - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
+
+
+def camera_a(y: np.ndarray) -> np.ndarray:
+    return np.round(CAMERA_A[0] + CAMERA_A[1] * y).astype(np.uint16)
+
+
+def camera_b(y: np.ndarray) -> np.ndarray:
+    return np.round(CAMERA_B[0] + CAMERA_B[1] * y**CAMERA_GAMMA).astype(np.uint16)
+
+
+def camera_transform(a: np.ndarray) -> np.ndarray:
+    """The true A -> B map of the 16-bit task, per pixel, on A's counts."""
+    return camera_b(np.clip((a.astype(np.float64) - CAMERA_A[0]) / CAMERA_A[1], 0.0, 1.0))
+
+
+MAPPINGS = {"colour": colour_transform, "negative": negative_transform, "duotone": duotone_transform,
+            "camera": camera_transform}
+# What a crop becomes before it is domain A's (both domains' crops then go through the mapping
+# for B): the photograph itself, except in the duotone and 16-bit tasks.
+PREPARE = {"duotone": duotone_a, "camera": lambda rgb: camera_a(camera_luminance(rgb))}
+
+
+def write_camera_task(root: Path, size: int = 32, n_train: int = 200, seed: int = 0) -> Path:
+    """The 16-bit task in the reference layout under ``root`` (``write_photo_task`` with its
+    crops, draws and splits)."""
+    return write_photo_task(root, size=size, n_train=n_train, seed=seed, mapping="camera")
+
+
+def camera_pairs(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The 16-bit task's test split in counts, float64 ``(N, H, W)``: inputs A and truths B."""
+    inputs, truths = split_arrays(root, lambda image: image)
+    return inputs.astype(np.float64), truths.astype(np.float64)
+
+
+def camera_psnr(counts: np.ndarray, truths: np.ndarray) -> float:
+    """Mean PSNR (dB) of images in counts, rounded and clipped to uint16 as a written file is,
+    against the truths, the peak being the span of B's band."""
+    written = np.clip(np.round(counts), 0, 65535)
+    mse = ((written - truths) ** 2).reshape(len(truths), -1).mean(1)
+    return float(np.mean(10 * np.log10(CAMERA_B[1] ** 2 / np.maximum(mse, 1e-10))))
+
+
+def camera_baselines(root: Path) -> tuple[float, float]:
+    """The 16-bit task's PSNR of doing nothing (each test A pixel's position in A's band, put at
+    the same position of B's band) and of ignoring the input (the mean image of train B)."""
+    inputs, truths = camera_pairs(root)
+    size = truths.shape[-2:]
+    files = sorted((Path(root) / "train" / "B").glob("*.png"))
+    mean = np.mean([np.asarray(Image.open(f).convert("F").resize((size[1], size[0]), Image.BICUBIC),
+                               dtype=np.float64) for f in files], axis=0)
+    same_place = CAMERA_B[0] + (inputs - CAMERA_A[0]) / CAMERA_A[1] * CAMERA_B[1]
+    return camera_psnr(same_place, truths), camera_psnr(np.broadcast_to(mean, truths.shape), truths)

@@ -362,6 +362,27 @@ def test_a_range_that_clips_a_file_whole_is_a_warning_naming_it(tmp_path):
                     "--output", str(tmp_path / "run"), *TINY)
     assert done.returncode == 0, done.stderr
     assert re.search(r"A/0\.png: the value range 0 4095 clips 100\.0% of its pixels", done.stderr)
+    assert "narrow band" not in done.stderr  # a range given is the user's
+
+
+def test_files_that_fill_a_narrow_band_of_the_default_range_are_a_warning(tmp_path):
+    """12-bit counts in 16-bit files, read by the type's range: A's values fill 4.6 % of it (a
+    warning naming the domain, the band and the flag), B's 95 % (none)."""
+    root = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    for side, (offset, span) in (("A", (1000, 3000)), ("B", (1000, 62000))):
+        (root / "train" / side).mkdir(parents=True)
+        for k in range(2):
+            ramp = np.linspace(0, 1, 32 * 32).reshape(32, 32)
+            values = offset + span * np.clip(ramp + rng.normal(0, 0.01, ramp.shape), 0, 1)
+            Image.fromarray(np.round(values).astype(np.uint16)).save(root / "train" / side / f"{k}.png")
+    done = run_here("train", "--dataroot", str(root), "--channels", "1", "--output", str(tmp_path / "run"), *TINY)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "narrow band" in line]
+    assert len(warnings) == 1, done.stderr
+    assert re.search(r"domain A: the training files' values lie within 10\d\d\.\.(39|40)\d\d \(4\.\d %\) of the "
+                     r"range 0\.\.65535 that --value_range dtype", warnings[0]), warnings[0]
+    assert "give --value_range p0.5 p99.5" in warnings[0]
 
 
 def test_a_png_that_cannot_hold_the_result_is_refused_before_any_work(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -215,10 +216,20 @@ def _scan_scientific(config: TrainConfig, side: str, sets: Sequence[Any],
         log.warning("%s: the value range %s clips %.1f%% of its pixels; give --value_range%s MIN MAX or percentiles",
                     item, domain.value_range, 100 * clipped, "" if side == "A" else "_B")
 
+    def narrow(domain: science.Domain, spans: list[tuple[int, float, float, float]]) -> None:
+        which = "" if channels == 1 else "channel " + ", ".join(str(c) for c, *_ in spans) + ": "
+        lo, hi = domain.lo[0], domain.hi[0]
+        shown = ".0f" if np.dtype(domain.dtype).kind in "ui" else ".4g"
+        values = ", ".join(f"{low:{shown}}..{high:{shown}} ({100 * fraction:.1f} %)" for _, low, high, fraction in spans)
+        log.warning("domain %s: %sthe training files' values lie within %s of the range %g..%g that --value_range "
+                    "dtype (the default) maps to -1..1, so the network sees a narrow band and learns little within "
+                    "it; give --value_range%s p0.5 p99.5 (or MIN MAX) to spread them (docs/scientific.md)",
+                    side, which, values, lo, hi, "" if side == "A" else "_B")
+
     train_items = list(getattr(sets[0], f"files_{side}"))
     domain, problems = science.scan_domain(
         train_items, channels, value_range, flag, f"domain {side}", science.Domain.from_json(saved) if saved else None,
-        min_size, warn)
+        min_size, warn, narrow)
     others = sorted({p for ds in sets[1:] for p in getattr(ds, f"files_{side}")} - set(train_items), key=str)
     if others:
         problems += science.scan_domain(others, channels, value_range, flag, f"domain {side}", domain, min_size,

@@ -486,7 +486,8 @@ def _add_data_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
         "the values that map onto the network's -1..1, clipped, for files of more than 8 bits, of other than 1 or 3 "
         "channels, .npy or NIfTI: 'dtype' (integers: the type's full range, floats: 0 to 1), MIN MAX, or "
         "percentiles of the training files such as p0.5 p99.5 (per channel, computed once); stored with the run "
-        "and inverted by translate", d.value_range))
+        "and inverted by translate. Files that fill little of their type's range (12-bit counts in 16-bit files) "
+        "want percentiles or MIN MAX: the run warns", d.value_range))
     science.add_argument("--value_range_B", nargs="+", metavar="V", help=_help(
         "the same for domain B, when its units differ (e.g. MR to CT)", "--value_range"))
     science.add_argument("--slice_axis", type=int, choices=(0, 1, 2), help=_help(

@@ -432,13 +432,23 @@ def volume_items(files: Sequence[Path], axis: int) -> list[Slice]:
     return items
 
 
+# The fraction of the type's range under which a domain's values (0.5th to 99.5th percentile) are
+# a warning with the default --value_range dtype: the network would see them in a narrow band of
+# -1..1 and learn little within it (docs/benchmarks.md, "bfloat16 on 16-bit images": 12-bit
+# counts in uint16 files).
+NARROW = 0.25
+
+
 def scan_domain(items: Sequence[Path | Slice], channels: int, value_range: str, flag: str, label: str,
                 saved: Domain | None = None, min_size: tuple[int, int] | None = None,
-                warn: Any = None) -> tuple[Domain, list[tuple[Path | Slice, str]]]:
+                warn: Any = None, narrow: Any = None) -> tuple[Domain, list[tuple[Path | Slice, str]]]:
     """Read every file of a domain once: its ``Domain`` (``saved`` when resuming, else from
     ``value_range``) and the files that cannot be used, with why. Mixed types or channel counts,
     a channel count other than ``channels``, NaN or infinite values stop with a CycleGANError
-    naming the first odd file; ``warn`` is called with a file that its range clips almost whole."""
+    naming the first odd file; ``warn`` is called with a file that its range clips almost whole,
+    and ``narrow`` (a new range from the type's, ``--value_range dtype``) with the domain and the
+    channels whose values fill less than ``NARROW`` of it, each as ``(channel, low, high,
+    fraction)`` (low and high: the 0.5th and 99.5th percentiles of the files' values)."""
     per_file = max(64, min(4096, 2**21 // max(1, len(items))))
     infos: list[tuple[Path | Slice, FileInfo]] = []
     problems: list[tuple[Path | Slice, str]] = []
@@ -488,6 +498,13 @@ def scan_domain(items: Sequence[Path | Slice], channels: int, value_range: str, 
             his = tuple(h if h > lo else lo + 1.0 for lo, h in zip(los, his))
         axis = items[0].axis if isinstance(items[0], Slice) else None
         domain = Domain(first.dtype, channels, los, his, value_range, axis)
+        if kind == "dtype" and narrow is not None:
+            values = np.concatenate([info.sample for _, info in infos]).astype(np.float64)
+            lows, highs = np.percentile(values, 0.5, axis=0), np.percentile(values, 99.5, axis=0)
+            spans = [(c, float(lows[c]), float(highs[c]), float((highs[c] - lows[c]) / (his[c] - los[c])))
+                     for c in range(channels)]
+            if any(fraction < NARROW for *_, fraction in spans):
+                narrow(domain, [span for span in spans if span[3] < NARROW])
     lo_a, hi_a = np.asarray(domain.lo), np.asarray(domain.hi)
     for item, info in infos:
         clipped = float(((info.sample < lo_a) | (info.sample > hi_a)).mean())
