@@ -193,17 +193,25 @@ def job(args: argparse.Namespace) -> None:
 SETTINGS = ("size", "blocks", "n_epochs", "decay_epoch", "ours_flags", "mapping", "scale", "standardise")
 
 
+def kept_run(path: Path, settings: dict, label: str) -> dict | None:
+    """The result of a run kept at ``path`` by an earlier call, if it ran with these settings."""
+    if path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("settings") == settings:
+            print(f"{label}: {record['psnr']:.2f} dB (kept from an earlier call)", flush=True)
+            return record
+    return None
+
+
 def launch(args: argparse.Namespace, arm: str, seed: int) -> dict:
     """One run in its own process, or its result from an earlier call with the same task and
     settings (every finished run is kept as WORK/runs/ARM_SEED.json, written whole, so an
     interrupted benchmark goes on where it stopped)."""
     kept = args.work / "runs" / f"{arm}_{seed}.json"
     settings = {k: getattr(args, k) for k in SETTINGS}
-    if kept.is_file():
-        record = json.loads(kept.read_text())
-        if record.get("settings") == settings:
-            print(f"{arm:9s} seed {seed}: {record['psnr']:.2f} dB (kept from an earlier call)", flush=True)
-            return record
+    record = kept_run(kept, settings, f"{arm:9s} seed {seed}")
+    if record is not None:
+        return record
     cmd = [sys.executable, __file__, "--job", arm, "--seed", str(seed), "--task", str(args.task),
            "--work", str(args.work), "--size", str(args.size), "--blocks", str(args.blocks),
            "--n_epochs", str(args.n_epochs), "--decay_epoch", str(args.decay_epoch), "--ours_flags", args.ours_flags]

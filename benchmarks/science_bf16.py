@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from photo_task import CAMERA_A, CAMERA_B, CAMERA_GAMMA, camera_baselines, camera_pairs, camera_psnr, write_camera_task  # noqa: E402
-from quality import difference, interval, ours_run  # noqa: E402
+from quality import difference, interval, kept_run, ours_run  # noqa: E402
 from train_step import machine, replace_section  # noqa: E402
 
 from cyclegan.perf import cpu_native_bf16  # noqa: E402
@@ -85,11 +85,9 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int) -> dict:
     """One training run, or its result kept from an earlier call with the same settings."""
     kept = args.work / "runs" / f"{arm}_{seed}.json"
     settings = {k: getattr(args, k) for k in SETTINGS}
-    if kept.is_file():
-        record = json.loads(kept.read_text())
-        if record.get("settings") == settings:
-            print(f"{arm:14s} seed {seed}: {record['psnr']:.2f} dB (kept from an earlier call)", flush=True)
-            return record
+    record = kept_run(kept, settings, f"{arm:14s} seed {seed}")
+    if record is not None:
+        return record
     flags, emulated, _ = ARMS[arm]
     start = time.perf_counter()
     result = ours_run(args.task, seed, args.size, args.blocks, args.n_epochs, args.decay_epoch,

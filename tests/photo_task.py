@@ -86,12 +86,18 @@ DUOTONE_B = (np.array([40.0, 0.0, 0.0]), np.array([255.0, 170.0, 60.0]))
 DUOTONE_GAIN = 6.0  # the contrast curve's slope at the crop's median luminance
 
 
-def duotone_luminance(rgb: np.ndarray) -> np.ndarray:
-    """A crop's luminance in [0, 1]: stretched between its 1st and 99th percentiles, then through
-    ``tanh(DUOTONE_GAIN * (y - median))`` rescaled to [0, 1], which pushes values to both ends."""
+def stretched_luminance(rgb: np.ndarray) -> np.ndarray:
+    """A uint8 RGB crop's luminance in [0, 1], stretched between its 1st and 99th percentiles."""
     y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
     lo, hi = np.percentile(y, 1), np.percentile(y, 99)
-    y = np.clip((y - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
+    return np.clip((y - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
+
+
+def duotone_luminance(rgb: np.ndarray) -> np.ndarray:
+    """A crop's luminance in [0, 1]: stretched between its 1st and 99th percentiles
+    (``stretched_luminance``), then through ``tanh(DUOTONE_GAIN * (y - median))`` rescaled to
+    [0, 1], which pushes values to both ends."""
+    y = stretched_luminance(rgb)
     y = np.tanh(DUOTONE_GAIN * (y - np.median(y)))
     return (y - y.min()) / max(y.max() - y.min(), 1e-6)
 
@@ -238,13 +244,6 @@ CAMERA_B = (6000.0, 2500.0)
 CAMERA_GAMMA = 2.5
 
 
-def camera_luminance(rgb: np.ndarray) -> np.ndarray:
-    """A crop's luminance in [0, 1], stretched between its 1st and 99th percentiles."""
-    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]) / 255.0
-    lo, hi = np.percentile(y, 1), np.percentile(y, 99)
-    return np.clip((y - lo) / max(hi - lo, 1e-3), 0.0, 1.0)
-
-
 def camera_a(y: np.ndarray) -> np.ndarray:
     return np.round(CAMERA_A[0] + CAMERA_A[1] * y).astype(np.uint16)
 
@@ -262,7 +261,7 @@ MAPPINGS = {"colour": colour_transform, "negative": negative_transform, "duotone
             "camera": camera_transform}
 # What a crop becomes before it is domain A's (both domains' crops then go through the mapping
 # for B): the photograph itself, except in the duotone and 16-bit tasks.
-PREPARE = {"duotone": duotone_a, "camera": lambda rgb: camera_a(camera_luminance(rgb))}
+PREPARE = {"duotone": duotone_a, "camera": lambda rgb: camera_a(stretched_luminance(rgb))}
 
 
 def write_camera_task(root: Path, size: int = 32, n_train: int = 200, seed: int = 0) -> Path:
