@@ -22,7 +22,11 @@ process, one thread):
 - ``bf16_emulated``: the same through ``bf16_emulation.py`` on any CPU (a native CPU's numbers at
   float32 speed);
 - ``off_dtype``: float32 with the default ``--value_range dtype``: the bands as they lie in the
-  type's range, 0.09 and 0.08 wide in -1..1.
+  type's range, 0.09 and 0.08 wide in -1..1 (4.6 % and 3.8 % of it);
+- ``fill10``, ``fill25``, ``fill50``: float32 with ranges (``--value_range MIN MAX`` for A,
+  ``--value_range_B`` for B) that each band fills 10, 25 or 50 % of, placed low in them as the
+  default range places A's: where between the default range's failure and a full stretch
+  training starts to work (the line of the narrow-band warning, ``cyclegan.science.NARROW``).
 
 Every finished run is kept (``WORK/runs/ARM_SEED.json``, with its settings): a second call with the
 same settings reuses it. Each arm is reported with its mean, standard deviation and 95 % interval
@@ -62,6 +66,25 @@ ARMS = {  # name: (flags for cyclegan train, emulated bf16, what the report call
     "off_dtype": (["--amp", "off"], False, "float32 (`--amp off`), the default `--value_range dtype`"),
 }
 SETTINGS = ("size", "blocks", "n_epochs", "decay_epoch")
+FILLS = (0.10, 0.25, 0.50)  # the fill arms: each band this fraction of the range mapped to -1..1
+
+
+def filling(fraction: float) -> list[str]:
+    """``--value_range MIN MAX`` and ``--value_range_B MIN MAX`` under which each domain's band
+    fills ``fraction`` of the range mapped to -1..1, its low end as far up that range as A's band
+    lies in the default range (1000 of 0..65535): the default range's case with a wider band."""
+    place = CAMERA_A[0] / 65535
+    flags = []
+    for flag, (offset, span) in (("--value_range", CAMERA_A), ("--value_range_B", CAMERA_B)):
+        width = span / fraction
+        low = round(offset - place * width)
+        flags += [flag, str(low), str(round(low + width))]
+    return flags
+
+
+for _fill in FILLS:
+    ARMS[f"fill{_fill * 100:.0f}"] = (["--amp", "off", *filling(_fill)], False,
+                                     f"float32 (`--amp off`), ranges that each band fills {_fill:.0%} of")
 
 
 def score_run(run_dir: Path, task: Path) -> float:
