@@ -338,3 +338,29 @@ def test_padding_stays_in_bfloat16_under_cpu_autocast_with_the_same_numbers(gene
     padded = models.pad(x.bfloat16(), (1, 1, 1, 1), "replicate")  # bf16 in, bf16 out, anywhere
     assert padded.dtype is torch.bfloat16 and torch.equal(padded, nn.functional.pad(x.bfloat16(), (1, 1, 1, 1),
                                                                                     mode="replicate"))
+
+
+def test_the_step_profile_sorts_operators_by_kind_and_counts_conversions():
+    import profile_step
+
+    conv = nn.Conv2d(3, 4, 3)
+    opt = torch.optim.Adam(conv.parameters())
+    x = torch.rand(1, 3, 16, 16)
+
+    def step(cast: bool) -> None:
+        opt.zero_grad()
+        y = nn.functional.instance_norm(conv(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")))
+        (y.to(torch.float64) if cast else y).square().mean().backward()  # a conversion forward, one back
+        opt.step()
+
+    step(True)
+    seconds, with_cast = profile_step.breakdown(lambda: step(True))
+    _, without = profile_step.breakdown(lambda: step(False))
+    assert (with_cast, without) == (2, 0)  # not Adam's step counts or the scalars of arithmetic
+    for kind in ("convolution forward", "convolution backward", "instance norm", "padding", "optimizer", "casts"):
+        assert seconds[kind] > 0, kind
+    # The kernels a bf16 step calls where oneDNN has them and where it has not (a CPU without bf16).
+    assert profile_step.kind_of("aten::mkldnn_convolution") == "convolution forward"
+    assert profile_step.kind_of("aten::_slow_conv2d_forward") == "convolution forward"
+    assert profile_step.kind_of("aten::_slow_conv2d_backward") == "convolution backward"
+    assert profile_step.kind_of("aten::add") == profile_step.OTHER
