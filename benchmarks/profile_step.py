@@ -5,6 +5,7 @@ rate against the measured matrix-multiply peak.
     python benchmarks/profile_step.py                          # 64x64 and 256x256, written to docs/benchmarks.md
     python benchmarks/profile_step.py --sizes 128 --no_report  # print only
     python benchmarks/profile_step.py --blocks 1 --sizes 32 --no_report   # smoke run, seconds
+    python benchmarks/profile_step.py --layouts contiguous channels_last  # each step in both layouts
 
 The question it answers (issue 28, item 3): what holds a bf16 step back from the bf16 peak, when
 the convolutions could run near it. Each step is ``cyclegan.step.train_step`` as
@@ -15,15 +16,20 @@ rate), then one profiled step, whose operators' own (self) CPU time is summed by
 - convolution forward / backward: the convolution kernels (oneDNN's, or the slow fallback where
   oneDNN has no kernel for the type: bf16 on a CPU without native bf16 takes it, hence ``--bf16``
   is refused there);
-- casts: ``copy_`` and ``_to_copy`` (autocast casting the float32 weights and activations to bf16,
-  the gradients back), and the number of conversions: ``_to_copy`` of a tensor with at least one
-  dimension, forward and backward (not the 0-dimensional ones that wrap Python numbers in
-  arithmetic and Adam's step counts, which a float32 step makes too);
+- copies and casts: ``copy_`` and ``_to_copy`` (autocast casting the float32 weights and
+  activations to bf16, the gradients back; copies between layouts), and the number of
+  conversions: ``_to_copy`` of a tensor with at least one dimension, forward and backward, to
+  another type or (inside a channels_last convolution's backward) another layout (not the
+  0-dimensional ones that wrap Python numbers in arithmetic and Adam's step counts, which a
+  float32 step makes too);
 - instance norm, padding, concatenation and splitting (``cat``, ``stack``, ``select``, ``slice``,
   the sub-pixel upsampling's interleave), the optimizer (Adam), and everything else
   (element-wise operations, allocation, views, autograd's bookkeeping).
 
 The shares are of the profiled step's total self time (profiling adds a little to each call).
+``--layouts contiguous channels_last`` profiles each step in both memory layouts (networks and
+images in ``channels_last``, as ``--channels_last on`` trains), one of the issue's suspects:
+oneDNN picks other kernels, and other reorders around them, for each layout.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ KINDS = (
     ("convolution backward", r"convolution_backward|_slow_conv2d_backward|mkldnn_convolution_backward"),
     ("convolution forward", r"mkldnn_convolution$|_slow_conv2d_forward|^aten::convolution$|^aten::_convolution$"
                             r"|^aten::conv2d$|thnn_conv2d"),
-    ("casts", r"^aten::copy_$|^aten::_to_copy$|^aten::to$|ToCopyBackward"),
+    ("copies and casts", r"^aten::copy_$|^aten::_to_copy$|^aten::to$|ToCopyBackward"),
     ("instance norm", r"batch_norm|instance_norm"),
     ("padding", r"pad"),
     ("concatenation and splitting", r"^aten::(cat|stack|select|slice|narrow|split|unbind|chunk)"
@@ -83,13 +89,17 @@ def breakdown(step) -> tuple[dict[str, float], int]:
     return seconds, casts
 
 
-def measure(size: int, blocks: int, kinds: list[str], steps: int) -> list[dict]:
+def label(kind: str, layout: str) -> str:
+    return NAMES[kind] + (", channels_last" if layout == "channels_last" else "")
+
+
+def measure(size: int, blocks: int, kinds: list[str], layouts: list[str], steps: int) -> list[dict]:
     config = TrainConfig(img_height=size, img_width=size, n_residual_blocks=blocks)
     torch.manual_seed(0)
     base = build_networks(config)
     rows = []
-    for kind in kinds:
-        step = make_variant(kind, base, config, torch.device("cpu"))
+    for kind, layout in [(kind, layout) for kind in kinds for layout in layouts]:
+        step = make_variant(kind, base, config, torch.device("cpu"), channels_last=layout == "channels_last")
         step()  # warm-up: oneDNN's kernels chosen, the optimizer's state made
         times = []
         for _ in range(steps):
@@ -97,9 +107,9 @@ def measure(size: int, blocks: int, kinds: list[str], steps: int) -> list[dict]:
             step()
             times.append(time.perf_counter() - t)
         seconds, casts = breakdown(step)
-        rows.append({"size": size, "kind": kind, "step_s": statistics.median(times), "flops": step_flops(config),
-                     "seconds": seconds, "casts": casts})
-        print(f"{size}x{size} {NAMES[kind]}: {rows[-1]['step_s']:.3f} s a step; "
+        rows.append({"size": size, "kind": kind, "layout": layout, "step_s": statistics.median(times),
+                     "flops": step_flops(config), "seconds": seconds, "casts": casts})
+        print(f"{size}x{size} {label(kind, layout)}: {rows[-1]['step_s']:.3f} s a step; "
               + ", ".join(f"{k} {v / sum(seconds.values()):.0%}" for k, v in seconds.items()), flush=True)
     return rows
 
@@ -116,8 +126,8 @@ def write_report(args: argparse.Namespace, rows: list[dict], peaks: dict[str, fl
         f"Ours, {args.blocks} residual blocks, batch 1: the step's median time over {args.steps} steps and its "
         "work (as MFU counts it) against the peak of its type; then the share of one profiled step's own CPU "
         "time per kind of operation (`benchmarks/profile_step.py` says which operators each holds), and "
-        "the number of tensors converted between types (`_to_copy` of a tensor with at least one dimension, "
-        "forward and backward).",
+        "the number of tensors converted (`_to_copy` of a tensor with at least one dimension, to another type "
+        "or layout, forward and backward).",
         "",
         "| size | step | seconds | of peak | " + " | ".join(kinds) + " | conversions |",
         "|---:|---|---:|---:|" + "---:|" * len(kinds) + "---:|",
@@ -125,7 +135,7 @@ def write_report(args: argparse.Namespace, rows: list[dict], peaks: dict[str, fl
     for r in rows:
         total = sum(r["seconds"].values())
         fraction = r["flops"] / r["step_s"] / 1e9 / peaks[r["kind"]]
-        lines.append(f"| {r['size']} | {NAMES[r['kind']]} | {r['step_s']:.3g} | {fraction:.2f} | "
+        lines.append(f"| {r['size']} | {label(r['kind'], r['layout'])} | {r['step_s']:.3g} | {fraction:.2f} | "
                      + " | ".join(f"{r['seconds'][k] / total:.1%}" for k in kinds) + f" | {r['casts']} |")
     lines.append("")
     replace_section(args.output, args.section, "\n".join(lines))
@@ -138,6 +148,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="timed steps per size and type (default: 3)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="profile the bf16 step too: auto where the CPU has native bf16 (default: auto)")
+    p.add_argument("--layouts", nargs="+", choices=("contiguous", "channels_last"), default=["contiguous"],
+                   help="the memory layouts of networks and images to profile each step in (default: contiguous, "
+                        "what cyclegan train uses on the CPU)")
     p.add_argument("--section", default="profile_step", help="the docs section to write (default: profile_step)")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no_report", action="store_true", help="print the figures, write no docs")
@@ -150,7 +163,7 @@ def main() -> None:
     kinds = ["ours"] + (["ours_bf16"] if args.bf16 == "on" or (args.bf16 == "auto" and native) else [])
     peaks = {kind: measure_matmul_peak(torch.device("cpu"), torch.float32 if kind == "ours" else torch.bfloat16,
                                        sizes=(1024, 2048), seconds=1.0) for kind in kinds}
-    rows = [row for size in args.sizes for row in measure(size, args.blocks, kinds, args.steps)]
+    rows = [row for size in args.sizes for row in measure(size, args.blocks, kinds, args.layouts, args.steps)]
     if not args.no_report:
         write_report(args, rows, peaks)
 

@@ -68,9 +68,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def make_variant(kind: str, base: dict, config: TrainConfig, device: torch.device):
-    """A closure running one step of ``kind`` on its own copy of the networks."""
+def make_variant(kind: str, base: dict, config: TrainConfig, device: torch.device,
+                 channels_last: bool | None = None):
+    """A closure running one step of ``kind`` on its own copy of the networks; ``channels_last``
+    (ours only) sets the layout instead of the kind's default."""
     import copy
+    import dataclasses
 
     nets = copy.deepcopy(base)
     for net in nets.values():
@@ -88,6 +91,8 @@ def make_variant(kind: str, base: dict, config: TrainConfig, device: torch.devic
     else:  # the GPU options: bf16 autocast, and on CUDA channels_last and compile
         cuda = device.type == "cuda"
         speed = resolve_speed("bf16", "on" if cuda else "off", cuda, device)
+    if channels_last is not None:
+        speed = dataclasses.replace(speed, channels_last=channels_last)
     prepare_networks(nets, speed, device)  # as cyclegan train does
     if speed.channels_last:
         real_A = real_A.contiguous(memory_format=torch.channels_last)

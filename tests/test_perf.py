@@ -357,10 +357,23 @@ def test_the_step_profile_sorts_operators_by_kind_and_counts_conversions():
     seconds, with_cast = profile_step.breakdown(lambda: step(True))
     _, without = profile_step.breakdown(lambda: step(False))
     assert (with_cast, without) == (2, 0)  # not Adam's step counts or the scalars of arithmetic
-    for kind in ("convolution forward", "convolution backward", "instance norm", "padding", "optimizer", "casts"):
+    for kind in ("convolution forward", "convolution backward", "instance norm", "padding", "optimizer",
+                 "copies and casts"):
         assert seconds[kind] > 0, kind
     # The kernels a bf16 step calls where oneDNN has them and where it has not (a CPU without bf16).
     assert profile_step.kind_of("aten::mkldnn_convolution") == "convolution forward"
     assert profile_step.kind_of("aten::_slow_conv2d_forward") == "convolution forward"
     assert profile_step.kind_of("aten::_slow_conv2d_backward") == "convolution backward"
     assert profile_step.kind_of("aten::add") == profile_step.OTHER
+
+
+def test_the_step_profile_runs_the_step_in_each_layout_asked_for():
+    import profile_step
+
+    rows = profile_step.measure(32, 1, ["ours"], ["contiguous", "channels_last"], steps=1)
+    assert [profile_step.label(r["kind"], r["layout"]) for r in rows] == ["float32", "float32, channels_last"]
+    contiguous, channels_last = rows
+    assert contiguous["casts"] == 0  # a float32 step in the default layout converts no tensor
+    assert channels_last["casts"] > 0  # channels_last weights: their gradients are converted to it
+    for row in rows:
+        assert row["step_s"] > 0 and row["flops"] > 0 and sum(row["seconds"].values()) > 0
