@@ -143,9 +143,9 @@ def write_report(args: argparse.Namespace, rows: list[dict], peaks: dict[str, fl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256], help="image sides (default: 64 256)")
     p.add_argument("--blocks", type=int, default=9, help="residual blocks (default: 9, the reference's)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps per size and type (default: 3)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per size, type and layout (default: 3)")
     p.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
                    help="profile the bf16 step too: auto where the CPU has native bf16 (default: auto)")
     p.add_argument("--layouts", nargs="+", choices=("contiguous", "channels_last"), default=["contiguous"],
