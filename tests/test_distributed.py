@@ -1,6 +1,7 @@
 """Multi-process training with real torchrun subprocesses on the CPU (gloo): every rank holds the
 same weights after every step, equal to one process on the same global batch; runs resume across
-process counts; a failing rank ends the whole job."""
+process counts; a failing rank ends the whole job, and one killed by a signal leaves its Python
+stack."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import cyclegan.train as T
 from cyclegan.distributed import unwrap
 real, count = T.run_step, [0]
 rank, dump, fail_at = int(os.environ.get("RANK", "0")), os.environ.get("DUMP_DIR"), int(os.environ.get("FAIL_AT", "0"))
+abort_at = int(os.environ.get("ABORT_AT", "0"))
 
 def step(config, nets, *args, **kwargs):
     losses = real(config, nets, *args, **kwargs)
@@ -34,6 +36,8 @@ def step(config, nets, *args, **kwargs):
                    f"{dump}/rank{rank}_step{count[0]}.pt")
     if fail_at and rank == 1 and count[0] == fail_at:
         raise RuntimeError("rank 1 fails on purpose")
+    if abort_at and rank == 1 and count[0] == abort_at:
+        os.abort()  # as a C++ library's std::terminate ends a process
     return losses
 
 T.run_step = step
@@ -162,6 +166,15 @@ def test_a_failing_rank_ends_the_job_within_seconds(data, tmp_path):
     assert result.returncode != 0
     assert "rank 1 fails on purpose" in result.stderr
     assert elapsed < 60, elapsed  # a hang would run into the 120 s timeout (50 epochs take minutes)
+
+
+def test_a_rank_killed_by_a_signal_leaves_its_python_stack(data, tmp_path):
+    result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--output", str(tmp_path / "run"),
+                    "--n_epochs", "50", "--decay_epoch", "25", "--batch_size", "1", env={"ABORT_AT": "2"}, timeout=120)
+    assert result.returncode != 0
+    assert "Fatal Python error: Aborted" in result.stderr, result.stderr[-3000:]
+    stack = result.stderr.split("Fatal Python error: Aborted")[1]
+    assert "wrapper.py" in stack and "in step" in stack and "cyclegan/train.py" in stack, stack[:3000]
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_saves(data, tmp_path):

@@ -10,6 +10,7 @@ and wraps the networks in DistributedDataParallel. Everything else in training r
 
 from __future__ import annotations
 
+import faulthandler
 import os
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
     env = env_from_environment()
     if not env.enabled:
         return env, device
+    # A rank that dies of a signal (an abort inside a collective library, a segfault) would leave
+    # only torchrun's "Signal 6 received"; this prints the Python stack of each of its threads.
+    faulthandler.enable()
     if device.type == "cuda":
         torch.cuda.set_device(env.local_rank)
         device = torch.device("cuda", env.local_rank)
