@@ -194,3 +194,19 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_saves(data, t
     stops = [line.split("at step ")[1].split(";")[0] for line in err.splitlines() if "stopped by SIGTERM" in line]
     assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]  # both ranks, the same step
     assert load_run_checkpoint(list_run_checkpoints(run)[-1])[1]["step"] == int(stops[0])
+
+
+def test_joining_a_job_without_a_standard_error_to_print_stacks_to_still_works(monkeypatch):
+    import io
+
+    import torch.distributed as dist
+
+    from cyclegan import distributed
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # joined already: no process group here
+    for stderr in (io.StringIO(), None):  # a notebook's stream without a file descriptor; none at all
+        monkeypatch.setattr(sys, "stderr", stderr)
+        env, device = distributed.init_distributed(torch.device("cpu"))
+        assert (env.rank, env.world_size, device) == (1, 2, torch.device("cpu"))

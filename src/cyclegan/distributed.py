@@ -10,6 +10,7 @@ and wraps the networks in DistributedDataParallel. Everything else in training r
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 from dataclasses import dataclass
@@ -51,8 +52,10 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
     if not env.enabled:
         return env, device
     # A rank that dies of a signal (an abort inside a collective library, a segfault) would leave
-    # only torchrun's "Signal 6 received"; this prints the Python stack of each of its threads.
-    faulthandler.enable()
+    # only torchrun's "Signal 6 received"; this prints the Python stack of each of its threads
+    # (where there is a standard error with a file descriptor to print to: not in every notebook).
+    with contextlib.suppress(RuntimeError, ValueError, AttributeError, OSError):
+        faulthandler.enable()
     if device.type == "cuda":
         torch.cuda.set_device(env.local_rank)
         device = torch.device("cuda", env.local_rank)
