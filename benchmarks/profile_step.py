@@ -35,6 +35,7 @@ oneDNN picks other kernels, and other reorders around them, for each layout.
 from __future__ import annotations
 
 import argparse
+import itertools
 import re
 import statistics
 import sys
@@ -44,8 +45,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # train_step adds tests/ itself
 
 from train_step import machine, make_variant, replace_section  # noqa: E402
 
@@ -98,7 +98,7 @@ def measure(size: int, blocks: int, kinds: list[str], layouts: list[str], steps:
     torch.manual_seed(0)
     base = build_networks(config)
     rows = []
-    for kind, layout in [(kind, layout) for kind in kinds for layout in layouts]:
+    for kind, layout in itertools.product(kinds, layouts):
         step = make_variant(kind, base, config, torch.device("cpu"), channels_last=layout == "channels_last")
         step()  # warm-up: oneDNN's kernels chosen, the optimizer's state made
         times = []
