@@ -58,10 +58,11 @@ def data(tmp_path: Path) -> Path:
     return root
 
 
-def launch(tmp_path: Path, nproc: int, *args: str, env: dict | None = None, timeout: float = 240):
+def launch(tmp_path: Path, nproc: int, *args: str, env: dict | None = None, timeout: float = 240,
+           torchrun: tuple[str, ...] = ()):
     script = tmp_path / "wrapper.py"
     script.write_text(WRAPPER)
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", *torchrun, str(script), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
@@ -169,11 +170,17 @@ def test_a_failing_rank_ends_the_job_within_seconds(data, tmp_path):
 
 
 def test_a_rank_killed_by_a_signal_leaves_its_python_stack(data, tmp_path):
+    # Each rank's standard error in its own file (torchrun --log-dir --redirects): on the shared
+    # one, rank 0's lines can land between the pieces faulthandler writes.
     result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--output", str(tmp_path / "run"),
-                    "--n_epochs", "50", "--decay_epoch", "25", "--batch_size", "1", env={"ABORT_AT": "2"}, timeout=120)
+                    "--n_epochs", "50", "--decay_epoch", "25", "--batch_size", "1", env={"ABORT_AT": "2"}, timeout=120,
+                    torchrun=("--log-dir", str(tmp_path / "logs"), "--redirects", "2"))
     assert result.returncode != 0
-    assert "Fatal Python error: Aborted" in result.stderr, result.stderr[-3000:]
-    stack = result.stderr.split("Fatal Python error: Aborted")[1]
+    assert "SIGABRT" in result.stderr, result.stderr[-3000:]  # torchrun saw rank 1 killed by the signal
+    (rank1,) = [p for p in (tmp_path / "logs").rglob("stderr.log") if p.parent.name == "1"]
+    err = rank1.read_text()
+    assert "Fatal Python error: Aborted" in err, err[-3000:]
+    stack = err.split("Fatal Python error: Aborted")[1]
     assert "wrapper.py" in stack and "in step" in stack and "cyclegan/train.py" in stack, stack[:3000]
 
 
