@@ -80,6 +80,7 @@ def test_two_processes_match_one_process_on_the_global_batch(data, tmp_path):
                 env={"DUMP_DIR": str(two)})
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "global batch 4" in r2.stderr
+    assert "Warning" not in r2.stderr, r2.stderr[-3000:]  # e.g. torch 2.13's on DDP's broadcast_buffers
     r1 = launch(tmp_path, 1, *common, "--output", str(tmp_path / "run1"), "--batch_size", "4",
                 env={"DUMP_DIR": str(one)})
     assert r1.returncode == 0, r1.stderr[-3000:]

@@ -69,7 +69,9 @@ def wrap(net: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
     if not env.enabled:
         return net
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=True)
+    # Buffers (pix2pix's batch-norm statistics) are broadcast from rank 0 at each forward: DDP's
+    # default, left implicit because torch 2.13 warns on every rank when the argument is given.
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
 def unwrap(net: nn.Module) -> nn.Module:
