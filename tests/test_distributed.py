@@ -26,7 +26,7 @@ import cyclegan.train as T
 from cyclegan.distributed import unwrap
 real, count = T.run_step, [0]
 rank, dump, fail_at = int(os.environ.get("RANK", "0")), os.environ.get("DUMP_DIR"), int(os.environ.get("FAIL_AT", "0"))
-abort_at = int(os.environ.get("ABORT_AT", "0"))
+abort_at, exit_at = int(os.environ.get("ABORT_AT", "0")), int(os.environ.get("EXIT_AT", "0"))
 
 def step(config, nets, *args, **kwargs):
     losses = real(config, nets, *args, **kwargs)
@@ -38,6 +38,8 @@ def step(config, nets, *args, **kwargs):
         raise RuntimeError("rank 1 fails on purpose")
     if abort_at and rank == 1 and count[0] == abort_at:
         os.abort()  # as a C++ library's std::terminate ends a process
+    if exit_at and rank == 1 and count[0] == exit_at:
+        os._exit(0)  # gone without a word (and torchrun, seeing status 0, leaves rank 0 running)
     return losses
 
 T.run_step = step
@@ -166,7 +168,7 @@ def test_a_failing_rank_ends_the_job_within_seconds(data, tmp_path):
                     "--n_epochs", "50", "--decay_epoch", "25", "--batch_size", "1", env={"FAIL_AT": "2"}, timeout=120)
     elapsed = time.monotonic() - start
     assert result.returncode != 0
-    assert "rank 1 fails on purpose" in result.stderr
+    assert "ERROR [rank 1] internal error (RuntimeError: rank 1 fails on purpose)" in result.stderr  # whose line it is
     assert elapsed < 60, elapsed  # a hang would run into the 120 s timeout (50 epochs take minutes)
 
 
@@ -183,6 +185,16 @@ def test_a_rank_killed_by_a_signal_leaves_its_python_stack(data, tmp_path):
     assert "Fatal Python error: Aborted" in err, err[-3000:]
     stack = err.split("Fatal Python error: Aborted")[1]
     assert "wrapper.py" in stack and "in step" in stack and "cyclegan/train.py" in stack, stack[:3000]
+
+
+def test_the_rank_left_behind_says_it_lost_another_not_that_cyclegan_has_a_bug(data, tmp_path):
+    result = launch(tmp_path, 2, "--dataroot", str(data), *FLAGS, "--output", str(tmp_path / "run"),
+                    "--n_epochs", "50", "--decay_epoch", "25", "--batch_size", "1", env={"EXIT_AT": "2"}, timeout=120)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "ERROR [rank 0] lost another process of this 2-process job (gloo: " in errors[0], \
+        result.stderr[-3000:]
+    assert "bug in cyclegan" not in result.stderr
 
 
 def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_saves(data, tmp_path):

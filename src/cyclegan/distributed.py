@@ -13,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistEnv", "init_distributed", "wrap", "unwrap", "any_rank", "broadcast_int", "barrier", "shutdown"]
+from cyclegan.errors import CycleGANError, PeerLost
+
+__all__ = ["DistEnv", "init_distributed", "wrap", "unwrap", "any_rank", "broadcast_int", "barrier", "shutdown",
+           "lost_peer"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +108,27 @@ def barrier(env: DistEnv) -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# What the collective libraries say when the process at the other end has gone away (gloo:
+# "Connection closed by peer" / "reset by peer" / a broken pipe; NCCL: "remote process exited").
+_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "remote process exited")
+
+
+def lost_peer(exc: BaseException, env: DistEnv | None = None) -> PeerLost | None:
+    """``exc`` as a ``PeerLost`` when it is a collective of a multi-process job failing because
+    another process went away (that one's own error says why); otherwise None. The original
+    stays attached as the cause (``--debug`` prints both tracebacks)."""
+    env = env or env_from_environment()
+    if not env.enabled or isinstance(exc, CycleGANError) or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    if not any(marker in text.lower() for marker in _PEER_GONE):
+        return None
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0])  # gloo's "[.../pair.cc:553] "
+    reason = reason.split(". ")[0].rstrip(".")
+    backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "the process group"
+    err = PeerLost(f"lost another process of this {env.world_size}-process job ({backend}: {reason}): it most likely "
+                   "failed first and its own error line says why; this process stops too")
+    err.__cause__ = exc
+    return err.with_traceback(exc.__traceback__)

@@ -7,7 +7,7 @@ and exits with status 2.
 
 from __future__ import annotations
 
-__all__ = ["CycleGANError", "BadImageError", "TrainingDiverged", "TrainingStopped"]
+__all__ = ["CycleGANError", "BadImageError", "TrainingDiverged", "PeerLost", "TrainingStopped"]
 
 
 class CycleGANError(Exception):
@@ -25,6 +25,13 @@ class TrainingDiverged(CycleGANError):
     """A loss became NaN or infinite; the run stopped, keeping its last good checkpoint."""
 
     exit_code = 3
+
+
+class PeerLost(CycleGANError):
+    """In a multi-process job, a collective failed because another process is gone: that one
+    failed first and says why; this one only stops too (status 1, not the user's input)."""
+
+    exit_code = 1
 
 
 class TrainingStopped(Exception):

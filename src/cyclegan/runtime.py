@@ -68,10 +68,16 @@ def settle_vector_math() -> None:
 
 
 def setup_logging() -> None:
-    """Log lines to stderr, once per process (a no-op when the application configured logging)."""
+    """Log lines to stderr, once per process (a no-op when the application configured logging).
+    In a job of several processes (torchrun's ``WORLD_SIZE`` > 1) each line names its rank: the
+    processes share one standard error, and an error line must say whose it is."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        rank = ""
+        if os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+            rank = f"[rank {os.environ.get('RANK', '?')}] "
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s {rank}%(message)s",
+                            datefmt="%H:%M:%S")
 
 
 def available_bytes(device: torch.device) -> int:

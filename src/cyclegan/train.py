@@ -46,6 +46,7 @@ from cyclegan.distributed import (
     broadcast_int,
     env_from_environment,
     init_distributed,
+    lost_peer,
     shutdown,
     wrap,
 )
@@ -537,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("%s", exc)
         return exc.exit_code
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure ends in one line
-        return report_failure(exc, log, debug)
+        return report_failure(lost_peer(exc) or exc, log, debug)
     finally:
         shutdown()
     return 0
