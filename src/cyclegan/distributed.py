@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from cyclegan.errors import CycleGANError, PeerLost
+from cyclegan.errors import CycleGANError
 
 __all__ = ["DistEnv", "init_distributed", "wrap", "unwrap", "any_rank", "broadcast_int", "barrier", "shutdown",
            "lost_peer"]
@@ -115,10 +115,9 @@ def shutdown() -> None:
 _PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "remote process exited")
 
 
-def lost_peer(exc: BaseException, env: DistEnv | None = None) -> PeerLost | None:
-    """``exc`` as a ``PeerLost`` when it is a collective of a multi-process job failing because
-    another process went away (that one's own error says why); otherwise None. The original
-    stays attached as the cause (``--debug`` prints both tracebacks)."""
+def lost_peer(exc: BaseException, env: DistEnv | None = None) -> str | None:
+    """What to say when ``exc`` is a collective of a multi-process job failing because another
+    process went away (that one's own error says why); None for any other failure."""
     env = env or env_from_environment()
     if not env.enabled or isinstance(exc, CycleGANError) or not isinstance(exc, RuntimeError):
         return None
@@ -128,7 +127,5 @@ def lost_peer(exc: BaseException, env: DistEnv | None = None) -> PeerLost | None
     reason = re.sub(r"^\[[^\]]*\]\s*", "", text.strip().splitlines()[0])  # gloo's "[.../pair.cc:553] "
     reason = reason.split(". ")[0].rstrip(".")
     backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "the process group"
-    err = PeerLost(f"lost another process of this {env.world_size}-process job ({backend}: {reason}): it most likely "
-                   "failed first and its own error line says why; this process stops too")
-    err.__cause__ = exc
-    return err.with_traceback(exc.__traceback__)
+    return (f"lost another process of this {env.world_size}-process job ({backend}: {reason}): it most likely "
+            "failed first and its own error line says why; this process stops too")

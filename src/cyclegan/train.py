@@ -50,7 +50,7 @@ from cyclegan.distributed import (
     shutdown,
     wrap,
 )
-from cyclegan.errors import BadImageError, CycleGANError, TrainingDiverged, TrainingStopped
+from cyclegan.errors import BadImageError, CycleGANError, PeerLost, TrainingDiverged, TrainingStopped
 from cyclegan.images import make_grid, save_image
 from cyclegan.science import composite, parse_bands
 from cyclegan.loader import RunData, choose_dataset, make_loader, open_run_data, sample_batch, write_demo_data
@@ -533,12 +533,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             validate(config)
             print(describe(config), end="")
             return 0
-        train(config, explicit)
+        try:
+            train(config, explicit)
+        except RuntimeError as exc:
+            lost = lost_peer(exc)
+            if lost is None:
+                raise
+            raise PeerLost(lost) from exc  # --debug: the collective's traceback too
     except TrainingStopped as exc:
         log.warning("%s", exc)
         return exc.exit_code
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure ends in one line
-        return report_failure(lost_peer(exc) or exc, log, debug)
+        return report_failure(exc, log, debug)
     finally:
         shutdown()
     return 0
