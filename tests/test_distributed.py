@@ -1,7 +1,7 @@
 """Multi-process training with real torchrun subprocesses on the CPU (gloo): every rank holds the
 same weights after every step, equal to one process on the same global batch; runs resume across
-process counts; a failing rank ends the whole job, and one killed by a signal leaves its Python
-stack."""
+process counts; a failing rank ends the whole job, the rank left behind says it lost it, and one
+killed by a signal leaves its Python stack."""
 
 from __future__ import annotations
 
